@@ -1,0 +1,220 @@
+"""Composes the query and index tiers: user ids in, top-k movies out.
+
+Concurrent Recommend calls are gathered by a MicroBatcher into one EmbedUsers
+call and one Search call per index shard. Both calls use one model version:
+the index is asked for exactly the version the query service embedded with,
+and if it does not hold it (a roll-out in progress) we pin, for a short while,
+the newest version that both tiers hold and embed again with it. A response
+never mixes versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+
+import grpc
+
+from recsys.v1 import common_pb2, index_service_pb2, index_service_pb2_grpc, query_service_pb2, query_service_pb2_grpc
+from serving.batching import MicroBatcher
+
+log = logging.getLogger(__name__)
+
+# How long to keep using an older common version after a mismatch before
+# trying the query tier's newest again.
+PIN_SECONDS = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RecRequest:
+    user_id: str
+    k: int
+    exclude_seen: bool
+    exclude_item_ids: tuple[str, ...]
+    deadline: float | None  # time.monotonic() by which the caller needs the answer
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    item_id: str
+    title: str
+    score: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RecResult:
+    items: list[Scored]
+    model_version: str
+    fallback: bool
+
+
+class PeerError(Exception):
+    """A peer failed; carries the status code to return to our caller."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class Recommender:
+    def __init__(
+        self,
+        query: query_service_pb2_grpc.QueryServiceStub,
+        index_shards: Sequence[index_service_pb2_grpc.IndexServiceStub],
+        *,
+        max_batch: int,
+        batch_wait_us: int,
+        concurrency: int,
+        default_timeout_s: float,
+    ):
+        self.query = query
+        self.index_shards = list(index_shards)
+        self.default_timeout_s = default_timeout_s
+        self._pinned: tuple[str, float] | None = None
+        self.batcher: MicroBatcher[RecRequest, RecResult] = MicroBatcher(
+            self._run_batch, max_batch=max_batch, max_wait_us=batch_wait_us, concurrency=concurrency, stage="gateway"
+        )
+
+    async def recommend(self, requests: list[RecRequest]) -> list[RecResult]:
+        return await self.batcher.submit(requests)
+
+    # ------------------------------------------------------------------ one batch
+
+    async def _run_batch(self, batch: list[RecRequest]) -> list[RecResult]:
+        timeout = self._timeout(batch)
+        version = self._pinned_version()
+        for _ in range(2):
+            embedded = await self._embed(batch, version, timeout)
+            try:
+                results = await self._search(batch, embedded, timeout)
+            except PeerError as exc:
+                if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                version = await self._common_version(timeout)
+                log.warning("model versions differ between tiers; pinning the newest common one",
+                            extra={"embedded_with": embedded.model_version, "pinned": version})
+                self._pinned = (version, time.monotonic() + PIN_SECONDS)
+                continue
+            return results
+        raise PeerError(grpc.StatusCode.UNAVAILABLE, "query and index tiers did not agree on a model version; retry")
+
+    def _timeout(self, batch: list[RecRequest]) -> float:
+        deadlines = [r.deadline for r in batch if r.deadline is not None]
+        if len(deadlines) < len(batch):
+            return self.default_timeout_s
+        return max(0.001, max(deadlines) - time.monotonic())
+
+    def _pinned_version(self) -> str:
+        if self._pinned and time.monotonic() < self._pinned[1]:
+            return self._pinned[0]
+        self._pinned = None
+        return ""
+
+    async def _embed(self, batch: list[RecRequest], version: str, timeout: float):
+        user_ids = list(dict.fromkeys(r.user_id for r in batch))
+        request = query_service_pb2.EmbedUsersRequest(
+            user_ids=user_ids, model_version=version, include_seen=any(r.exclude_seen for r in batch)
+        )
+        response = await _call("query service", self.query.EmbedUsers, request, timeout)
+        return _Embedded(response, {e.user_id: e for e in response.embeddings})
+
+    async def _search(self, batch: list[RecRequest], embedded: _Embedded, timeout: float) -> list[RecResult]:
+        queries = []
+        for r in batch:
+            user = embedded.by_user[r.user_id]
+            excluded = list(r.exclude_item_ids)
+            if r.exclude_seen:
+                excluded.extend(user.seen_item_ids)
+            if user.known:
+                queries.append(index_service_pb2.Query(vector=user.values, exclude_item_ids=excluded))
+            else:
+                queries.append(index_service_pb2.Query(most_popular=True, exclude_item_ids=excluded))
+        request = index_service_pb2.SearchRequest(
+            queries=queries, k=max(r.k for r in batch), model_version=embedded.model_version
+        )
+        responses = await asyncio.gather(
+            *(_call(f"index shard {i}", shard.Search, request, timeout) for i, shard in enumerate(self.index_shards))
+        )
+        out = []
+        for qi, r in enumerate(batch):
+            merged = _merge_top_k([resp.results[qi] for resp in responses], r.k)
+            out.append(RecResult(merged, embedded.model_version, fallback=not embedded.by_user[r.user_id].known))
+        return out
+
+    async def _common_version(self, timeout: float) -> str:
+        """The newest version loaded on the query tier and on every index shard."""
+        request = common_pb2.GetModelStatusRequest()
+        statuses = await asyncio.gather(
+            _call("query service", self.query.GetModelStatus, request, timeout),
+            *(_call(f"index shard {i}", s.GetModelStatus, request, timeout) for i, s in enumerate(self.index_shards)),
+        )
+        held = [_available(status) for status in statuses]
+        common = set.intersection(*held)
+        if not common:
+            raise PeerError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"no model version is loaded on both tiers (query holds {sorted(held[0])}, index holds "
+                f"{[sorted(h) for h in held[1:]]}); wait for the roll-out to finish",
+            )
+        return str(max(common))
+
+    # ------------------------------------------------------------------ status
+
+    async def peer_status(self, timeout: float) -> list[common_pb2.ServiceModelStatus]:
+        request = common_pb2.GetModelStatusRequest()
+        peers = [("recsys.v1.QueryService", self.query)] + [("recsys.v1.IndexService", s) for s in self.index_shards]
+
+        async def one(name, stub):
+            try:
+                response = await _call(name, stub.GetModelStatus, request, timeout)
+            except PeerError as exc:
+                return [common_pb2.ServiceModelStatus(service=name, error=str(exc))]
+            return list(response.services)
+
+        return [s for group in await asyncio.gather(*(one(n, s) for n, s in peers)) for s in group]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Embedded:
+    response: query_service_pb2.EmbedUsersResponse
+    by_user: dict[str, query_service_pb2.UserEmbedding]
+
+    @property
+    def model_version(self) -> str:
+        return self.response.model_version
+
+
+def _available(status: common_pb2.GetModelStatusResponse) -> set[int]:
+    return {
+        int(v.version)
+        for s in status.services
+        for v in s.versions
+        if v.state == common_pb2.MODEL_VERSION_STATE_AVAILABLE
+    }
+
+
+def _merge_top_k(results: Sequence[index_service_pb2.SearchResult], k: int) -> list[Scored]:
+    """Merges per-shard top lists (each sorted by score) into the global top k."""
+    if len(results) == 1:
+        r = results[0]
+        return [Scored(i, t, s) for i, t, s in zip(r.item_ids[:k], r.titles[:k], r.scores[:k])]
+    streams = [zip(r.scores, r.item_ids, r.titles) for r in results]
+    merged = heapq.merge(*streams, key=lambda row: -row[0])
+    return [Scored(item_id, title, score) for score, item_id, title in itertools.islice(merged, k)]
+
+
+async def _call(peer: str, method, request, timeout: float):
+    try:
+        return await method(request, timeout=timeout)
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED):
+            raise PeerError(code, f"{peer}: {exc.details()}") from exc
+        # Anything else is a bug between our own services, not the caller's fault.
+        raise PeerError(grpc.StatusCode.INTERNAL, f"{peer} answered {code.name}: {exc.details()}") from exc

@@ -1,0 +1,155 @@
+"""One version's item index: ScaNN over the candidate embeddings of this shard's items.
+
+No TensorFlow here. ``scann``'s package ``__init__`` imports TensorFlow whenever
+it is importable (for its TF ops), which costs this process seconds and
+hundreds of MB for nothing, so we import only its pybind API with TensorFlow
+blocked for the duration of the import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving import bundle
+
+
+def _import_scann_pybind():
+    blocked = "tensorflow" not in sys.modules
+    if blocked:
+        sys.modules["tensorflow"] = None  # type: ignore[assignment]  # makes `import tensorflow` fail fast
+    try:
+        from scann.scann_ops.py import scann_ops_pybind
+    finally:
+        if blocked and sys.modules.get("tensorflow", 0) is None:
+            del sys.modules["tensorflow"]
+    return scann_ops_pybind
+
+
+scann_ops_pybind = _import_scann_pybind()
+
+# Below this many items, exact brute-force scoring is as fast as any tree.
+EXACT_BELOW = 20_000
+
+
+def scann_config(n: int) -> dict[str, Any]:
+    """ScaNN parameters by catalog size: exact for small, partitioned + AH for large.
+
+    The shape follows ScaNN's own guidance: about sqrt(n) leaves, a few percent
+    of them searched, anisotropic hashing with 2 dims per block, and an exact
+    re-scoring of the best few hundred candidates.
+    """
+    if n < EXACT_BELOW:
+        return {"mode": "brute_force"}
+    leaves = int(min(4000, max(100, round(2 * np.sqrt(n)))))
+    return {
+        "mode": "tree_ah",
+        "num_leaves": leaves,
+        "num_leaves_to_search": max(10, leaves // 20),
+        "training_sample_size": int(min(n, 250_000)),
+        "dims_per_block": 2,
+        "anisotropic_quantization_threshold": 0.2,
+        "reorder": 250,
+    }
+
+
+def build_searcher(embeddings: np.ndarray, config: dict[str, Any]):
+    builder = scann_ops_pybind.builder(embeddings, 10, "dot_product")
+    if config["mode"] == "brute_force":
+        return builder.score_brute_force().build()
+    return (
+        builder.tree(
+            num_leaves=config["num_leaves"],
+            num_leaves_to_search=config["num_leaves_to_search"],
+            training_sample_size=config["training_sample_size"],
+        )
+        .score_ah(config["dims_per_block"], anisotropic_quantization_threshold=config["anisotropic_quantization_threshold"])
+        .reorder(config["reorder"])
+        .build()
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemIndex:
+    """Search over one shard of one version's items.
+
+    Rows are this shard's rows (0..n-1); ``items`` holds only this shard's items.
+    """
+
+    version: int
+    items: bundle.ItemTable
+    searcher: Any
+    config: dict[str, Any]
+    popular_rows: np.ndarray  # this shard's rows, most popular first
+
+    @property
+    def dim(self) -> int:
+        return self.items.embeddings.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def search(self, queries: np.ndarray, fetch: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``fetch`` rows and dot-product scores for float32 queries [q, dim].
+
+        Returns (rows int64 [q, m], scores float32 [q, m]) with m = min(fetch, n),
+        best first.
+        """
+        fetch = min(fetch, len(self))
+        if fetch == 0:
+            empty = np.zeros((len(queries), 0))
+            return empty.astype(np.int64), empty.astype(np.float32)
+        if exact:
+            return _exact_top(queries, self.items.embeddings, fetch)
+        pre = max(fetch, self.config.get("reorder", fetch))
+        rows, scores = self.searcher.search_batched(queries, final_num_neighbors=fetch, pre_reorder_num_neighbors=pre)
+        return rows.astype(np.int64), scores
+
+    def most_popular(self, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.popular_rows[: min(fetch, len(self))]
+        return rows, self.items.popularity[rows]
+
+
+def _exact_top(queries: np.ndarray, embeddings: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+    scores = queries @ embeddings.T
+    top = np.argpartition(-scores, fetch - 1, axis=1)[:, :fetch] if fetch < scores.shape[1] else np.tile(
+        np.arange(scores.shape[1]), (len(queries), 1)
+    )
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+
+
+def shard_items(items: bundle.ItemTable, shard_index: int, num_shards: int) -> bundle.ItemTable:
+    if num_shards == 1:
+        return items
+    keep = np.array([bundle.shard_of(i, num_shards) == shard_index for i in items.ids.tolist()], dtype=bool)
+    ids = items.ids[keep]
+    return bundle.ItemTable(
+        ids=ids,
+        titles=items.titles[keep],
+        genres=items.genres[keep],
+        popularity=items.popularity[keep],
+        embeddings=np.ascontiguousarray(items.embeddings[keep]),
+        row_of={item_id: row for row, item_id in enumerate(ids.tolist())},
+    )
+
+
+def make_loader(shard_index: int = 0, num_shards: int = 1):
+    """The ModelManager loader: verify the item files, load this shard, build ScaNN."""
+
+    def load(path: Path, manifest: bundle.Manifest) -> ItemIndex:
+        bundle.verify_files(path, manifest, only=tuple(f"{name}.npy" for name in bundle.ITEM_ARRAYS))
+        items = shard_items(bundle.load_items(path, manifest), shard_index, num_shards)
+        if len(items) == 0:
+            raise bundle.BundleError(f"{path}: shard {shard_index} of {num_shards} holds no items")
+        config = {**scann_config(len(items)), **manifest.raw.get("scann", {})}
+        searcher = build_searcher(items.embeddings, config)
+        popular = np.argsort(-items.popularity, kind="stable")
+        return ItemIndex(manifest.version, items, searcher, config, popular)
+
+    return load

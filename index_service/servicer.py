@@ -1,0 +1,130 @@
+"""IndexService: validates Search requests and answers them from the item index."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from index_service.index import ItemIndex
+from recsys.v1 import index_service_pb2, index_service_pb2_grpc
+from serving.admin import ModelAdminMixin
+from serving.lifecycle import ModelManager, VersionUnavailable, parse_version
+
+MAX_K = 1000
+DEFAULT_K = 10
+
+
+class InvalidRequest(ValueError):
+    """The request is malformed; the message says what is allowed."""
+
+
+class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer):
+    service_name = "recsys.v1.IndexService"
+
+    def __init__(
+        self,
+        manager: ModelManager[ItemIndex],
+        *,
+        max_batch: int,
+        max_excluded: int,
+        allow_reload: bool,
+        shard_index: int = 0,
+        num_shards: int = 1,
+    ):
+        self.manager = manager
+        self.max_batch = max_batch
+        self.max_excluded = max_excluded
+        self.allow_reload = allow_reload
+        self.shard_index = shard_index
+        self.num_shards = num_shards
+
+    async def Search(self, request, context):
+        try:
+            version = parse_version(request.model_version)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            version, index = self.manager.get(version)
+        except VersionUnavailable as exc:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{exc}; embed the query with one of the loaded versions",
+            )
+        try:
+            k, vectors, popular, excluded = self._parse(request, index)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        results = search(index, k, vectors, popular, excluded, exact=request.exact)
+        return index_service_pb2.SearchResponse(
+            results=results,
+            model_version=str(version),
+            shard_index=self.shard_index,
+            num_shards=self.num_shards,
+        )
+
+    def _parse(self, request, index: ItemIndex):
+        queries = request.queries
+        if not queries:
+            raise InvalidRequest("queries is empty: send 1 or more queries")
+        if len(queries) > self.max_batch:
+            raise InvalidRequest(f"{len(queries)} queries in one call; at most {self.max_batch}: split the batch")
+        k = request.k or DEFAULT_K
+        if not 1 <= k <= MAX_K:
+            raise InvalidRequest(f"k must be 1..{MAX_K} (0 means {DEFAULT_K}); got {request.k}")
+        dim = index.dim
+        vectors = np.zeros((len(queries), dim), dtype=np.float32)
+        popular = np.zeros(len(queries), dtype=bool)
+        excluded: list[np.ndarray] = []
+        for i, query in enumerate(queries):
+            if query.most_popular:
+                if len(query.vector):
+                    raise InvalidRequest(f"queries[{i}]: set either vector or most_popular, not both")
+                popular[i] = True
+            else:
+                if len(query.vector) != dim:
+                    raise InvalidRequest(
+                        f"queries[{i}].vector has {len(query.vector)} values; this index (model version "
+                        f"{index.version}) needs {dim}"
+                    )
+                vectors[i] = query.vector
+            if len(query.exclude_item_ids) > self.max_excluded:
+                raise InvalidRequest(
+                    f"queries[{i}] excludes {len(query.exclude_item_ids)} items; at most {self.max_excluded}"
+                )
+            row_of = index.items.row_of
+            excluded.append(np.fromiter(
+                {row_of[item_id] for item_id in query.exclude_item_ids if item_id in row_of}, dtype=np.int64
+            ))
+        if not np.isfinite(vectors).all():
+            bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
+            raise InvalidRequest(f"queries[{bad}].vector holds NaN or Inf; every value must be finite")
+        return k, vectors, popular, excluded
+
+
+def search(
+    index: ItemIndex, k: int, vectors: np.ndarray, popular: np.ndarray, excluded: list[np.ndarray], exact: bool
+) -> list[index_service_pb2.SearchResult]:
+    """Top-k per query with exclusions; over-fetches by the number excluded so k come back when possible."""
+    fetch = k + max((len(e) for e in excluded), default=0)
+    results: list[index_service_pb2.SearchResult | None] = [None] * len(vectors)
+    by_vector = np.flatnonzero(~popular)
+    if by_vector.size:
+        rows, scores = index.search(vectors[by_vector], fetch, exact=exact)
+        for j, i in enumerate(by_vector):
+            results[i] = _result(index, rows[j], scores[j], excluded[i], k)
+    if popular.any():
+        rows, scores = index.most_popular(fetch)
+        for i in np.flatnonzero(popular):
+            results[i] = _result(index, rows, scores, excluded[i], k)
+    return results  # type: ignore[return-value]
+
+
+def _result(index: ItemIndex, rows: np.ndarray, scores: np.ndarray, excluded: np.ndarray, k: int):
+    if excluded.size:
+        keep = ~np.isin(rows, excluded)
+        rows, scores = rows[keep], scores[keep]
+    rows, scores = rows[:k], scores[:k]
+    items = index.items
+    return index_service_pb2.SearchResult(
+        item_ids=items.ids[rows].tolist(), scores=scores.tolist(), titles=items.titles[rows].tolist()
+    )

@@ -1,0 +1,40 @@
+from recsys.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EmbedUsersRequest(_message.Message):
+    __slots__ = ("user_ids", "model_version", "include_seen")
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    model_version: str
+    include_seen: bool
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., model_version: _Optional[str] = ..., include_seen: _Optional[bool] = ...) -> None: ...
+
+class UserEmbedding(_message.Message):
+    __slots__ = ("user_id", "values", "known", "seen_item_ids")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    SEEN_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    values: _containers.RepeatedScalarFieldContainer[float]
+    known: bool
+    seen_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[str] = ..., values: _Optional[_Iterable[float]] = ..., known: _Optional[bool] = ..., seen_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EmbedUsersResponse(_message.Message):
+    __slots__ = ("embeddings", "model_version", "dimension")
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    embeddings: _containers.RepeatedCompositeFieldContainer[UserEmbedding]
+    model_version: str
+    dimension: int
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[UserEmbedding, _Mapping]]] = ..., model_version: _Optional[str] = ..., dimension: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,85 @@
+"""QueryService: validates EmbedUsers requests and answers them from the user tower."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+
+from query_service.model import UserTower
+from recsys.v1 import query_service_pb2, query_service_pb2_grpc
+from serving.admin import ModelAdminMixin
+from serving.batching import MicroBatcher
+from serving.lifecycle import ModelManager, VersionUnavailable, parse_version
+
+MAX_USER_ID_BYTES = 256
+
+
+class QueryServicer(ModelAdminMixin, query_service_pb2_grpc.QueryServiceServicer):
+    service_name = "recsys.v1.QueryService"
+
+    def __init__(self, manager: ModelManager[UserTower], *, max_batch: int, batch_wait_us: int, allow_reload: bool):
+        self.manager = manager
+        self.max_batch = max_batch
+        self.allow_reload = allow_reload
+        # TensorFlow runs on one worker thread, one call per gathered batch,
+        # so the event loop keeps accepting requests while a batch runs.
+        self._tf_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tf")
+        self.batcher: MicroBatcher[tuple[UserTower, str], np.ndarray] = MicroBatcher(
+            self._embed_batch, max_batch=max_batch, max_wait_us=batch_wait_us, stage="query_tf_call"
+        )
+
+    async def _embed_batch(self, items: list[tuple[UserTower, str]]) -> Sequence[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        towers: dict[int, UserTower] = {}
+        rows_by_tower: dict[int, list[int]] = {}
+        for i, (tower, _) in enumerate(items):
+            towers[tower.version] = tower
+            rows_by_tower.setdefault(tower.version, []).append(i)
+        out: list[np.ndarray] = [None] * len(items)  # type: ignore[list-item]
+        for version, rows in rows_by_tower.items():
+            ids = [items[i][1] for i in rows]
+            vectors = await loop.run_in_executor(self._tf_thread, towers[version].embed, ids)
+            for i, vec in zip(rows, vectors):
+                out[i] = vec
+        return out
+
+    async def EmbedUsers(self, request, context):
+        user_ids = list(request.user_ids)
+        if not user_ids:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_ids is empty: send 1 or more user ids")
+        if len(user_ids) > self.max_batch:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{len(user_ids)} user_ids in one call; at most {self.max_batch} are allowed: split the batch",
+            )
+        for uid in user_ids:
+            if not uid or len(uid.encode()) > MAX_USER_ID_BYTES:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"every user id must be 1..{MAX_USER_ID_BYTES} bytes; got one of {len(uid.encode())} bytes",
+                )
+        try:
+            version, tower = self.manager.get(parse_version(request.model_version))
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except VersionUnavailable as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        vectors = await self.batcher.submit([(tower, uid) for uid in user_ids])
+        users = tower.users
+        return query_service_pb2.EmbedUsersResponse(
+            embeddings=[
+                query_service_pb2.UserEmbedding(
+                    user_id=uid,
+                    values=vec,
+                    known=uid in users,
+                    seen_item_ids=users.seen_item_ids(uid) if request.include_seen else (),
+                )
+                for uid, vec in zip(user_ids, vectors)
+            ],
+            model_version=str(version),
+            dimension=tower.dim,
+        )
