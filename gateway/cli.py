@@ -1,0 +1,88 @@
+"""Command-line client: ``python -m gateway.cli recommend 42 -k 10``, ``health``, ``status``.
+
+Prints readable tables; exits non-zero with the gRPC status on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import grpc
+
+from recsys.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from serving.healthcheck import check
+
+SERVICES = ("", "recsys.v1.Gateway")
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def cmd_recommend(stub, args) -> str:
+    response = stub.Recommend(
+        gateway_pb2.RecommendRequest(
+            user_id=args.user_id, k=args.k, exclude_seen=args.exclude_seen, exclude_item_ids=args.exclude
+        ),
+        timeout=args.timeout,
+    )
+    rows = [[str(rank), item.item_id, f"{item.score:.4f}", item.title] for rank, item in enumerate(response.items, 1)]
+    note = " (fallback: user unknown to the model, most popular movies)" if response.fallback else ""
+    header = f"user {args.user_id} - model version {response.model_version}{note}"
+    return header + "\n" + table(["rank", "item_id", "score", "title"], rows)
+
+
+def cmd_status(stub, args) -> str:
+    response = stub.GetModelStatus(common_pb2.GetModelStatusRequest(), timeout=args.timeout)
+    rows = []
+    for service in response.services:
+        where = service.service + (f" [{service.address}]" if service.address else "")
+        if service.num_shards > 1:
+            where += f" shard {service.shard_index}/{service.num_shards}"
+        if service.error:
+            rows.append([where, "-", "UNREACHABLE", "", service.error])
+        for v in service.versions:
+            state = common_pb2.ModelVersionState.Name(v.state).removeprefix("MODEL_VERSION_STATE_")
+            rows.append([where, v.version + (" *" if v.is_default else ""), state, str(v.size), v.error])
+    return table(["service", "version", "state", "size", "error"], rows)
+
+
+def cmd_health(_stub, args) -> str:
+    rows = [[name or "(overall)", check(args.address, name, args.timeout)] for name in SERVICES]
+    return table(["service", "status"], rows)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m gateway.cli", description=__doc__.splitlines()[0])
+    parser.add_argument("--address", default=os.environ.get("GATEWAY_ADDRESS", "127.0.0.1:50051"),
+                        help="gateway host:port [env GATEWAY_ADDRESS]")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rec = sub.add_parser("recommend", help="top-k movies for a user")
+    rec.add_argument("user_id")
+    rec.add_argument("-k", type=int, default=10, help="how many movies (1..1000)")
+    rec.add_argument("--exclude-seen", action="store_true", help="leave out movies the user rated in training")
+    rec.add_argument("--exclude", action="append", default=[], metavar="ITEM_ID", help="leave out this movie id")
+    rec.set_defaults(run=cmd_recommend)
+    sub.add_parser("status", help="model versions on every service").set_defaults(run=cmd_status)
+    sub.add_parser("health", help="health of the gateway").set_defaults(run=cmd_health)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with grpc.insecure_channel(args.address) as channel:
+        try:
+            print(args.run(gateway_pb2_grpc.GatewayStub(channel), args))
+        except grpc.RpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
