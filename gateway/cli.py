@@ -1,4 +1,4 @@
-"""Command-line client: ``python -m gateway.cli recommend 42 -k 10``, ``health``, ``status``.
+"""Command-line client: ``python -m gateway.cli recommend 42 -k 10``, ``similar 50``, ``health``, ``status``.
 
 Prints readable tables; exits non-zero with the gRPC status on failure.
 """
@@ -36,6 +36,15 @@ def cmd_recommend(stub, args) -> str:
     return header + "\n" + table(["rank", "item_id", "score", "title"], rows)
 
 
+def cmd_similar(stub, args) -> str:
+    response = stub.SimilarItems(
+        gateway_pb2.SimilarItemsRequest(item_id=args.item_id, k=args.k), timeout=args.timeout
+    )
+    rows = [[str(rank), item.item_id, f"{item.score:.4f}", item.title] for rank, item in enumerate(response.items, 1)]
+    header = f"movies similar to {args.item_id} - model version {response.model_version}"
+    return header + "\n" + table(["rank", "item_id", "score", "title"], rows)
+
+
 def cmd_status(stub, args) -> str:
     response = stub.GetModelStatus(common_pb2.GetModelStatusRequest(), timeout=args.timeout)
     rows = []
@@ -68,6 +77,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rec.add_argument("--exclude-seen", action="store_true", help="leave out movies the user rated in training")
     rec.add_argument("--exclude", action="append", default=[], metavar="ITEM_ID", help="leave out this movie id")
     rec.set_defaults(run=cmd_recommend)
+    sim = sub.add_parser("similar", help="movies most similar to a movie")
+    sim.add_argument("item_id")
+    sim.add_argument("-k", type=int, default=10, help="how many movies (1..1000)")
+    sim.set_defaults(run=cmd_similar)
     sub.add_parser("status", help="model versions on every service").set_defaults(run=cmd_status)
     sub.add_parser("health", help="health of the gateway").set_defaults(run=cmd_health)
     return parser.parse_args(argv)

@@ -37,6 +37,7 @@ class RecRequest:
     exclude_seen: bool
     exclude_item_ids: tuple[str, ...]
     deadline: float | None  # time.monotonic() by which the caller needs the answer
+    genre_filter: common_pb2.GenreFilter | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,18 @@ class Recommender:
 
     # ------------------------------------------------------------------ one batch
 
-    async def _run_batch(self, batch: list[RecRequest]) -> list[RecResult]:
+    async def _run_batch(self, batch: list[RecRequest]) -> list[RecResult | PeerError]:
+        try:
+            return await self._run_batch_once(batch)
+        except PeerError as exc:
+            if exc.code != grpc.StatusCode.INVALID_ARGUMENT or len(batch) == 1:
+                raise
+        # One request the index refused (e.g. an unknown genre) must not fail the
+        # others it was batched with: answer each on its own.
+        outcomes = await asyncio.gather(*(self._run_batch_once([r]) for r in batch), return_exceptions=True)
+        return [o[0] if isinstance(o, list) else o for o in outcomes]
+
+    async def _run_batch_once(self, batch: list[RecRequest]) -> list[RecResult]:
         timeout = self._timeout(batch)
         version = self._pinned_version()
         for _ in range(2):
@@ -130,10 +142,12 @@ class Recommender:
             excluded = list(r.exclude_item_ids)
             if r.exclude_seen:
                 excluded.extend(user.seen_item_ids)
+            query = index_service_pb2.Query(exclude_item_ids=excluded, genre_filter=r.genre_filter)
             if user.known:
-                queries.append(index_service_pb2.Query(vector=user.values, exclude_item_ids=excluded))
+                query.vector.extend(user.values)
             else:
-                queries.append(index_service_pb2.Query(most_popular=True, exclude_item_ids=excluded))
+                query.most_popular = True
+            queries.append(query)
         request = index_service_pb2.SearchRequest(
             queries=queries, k=max(r.k for r in batch), model_version=embedded.model_version
         )
@@ -162,6 +176,35 @@ class Recommender:
                 f"{[sorted(h) for h in held[1:]]}); wait for the roll-out to finish",
             )
         return str(max(common))
+
+    # ------------------------------------------------------------------ item to item
+
+    async def similar_items(
+        self, item_id: str, k: int, exclude: tuple[str, ...], genre_filter: common_pb2.GenreFilter | None,
+        timeout: float,
+    ) -> RecResult:
+        """The k items whose embeddings score highest against ``item_id``'s (itself excluded)."""
+        lookup = index_service_pb2.GetItemEmbeddingsRequest(item_ids=[item_id])
+        answers = await asyncio.gather(
+            *(_call(f"index shard {i}", s.GetItemEmbeddings, lookup, timeout) for i, s in enumerate(self.index_shards))
+        )
+        found = [(a.model_version, item) for a in answers for item in a.items if item.found]
+        if not found:
+            raise PeerError(grpc.StatusCode.NOT_FOUND, f"item_id {item_id[:64]!r} is not in the catalog")
+        version, item = found[0]
+        query = index_service_pb2.Query(
+            vector=item.values, exclude_item_ids=[item_id, *exclude], genre_filter=genre_filter
+        )
+        request = index_service_pb2.SearchRequest(queries=[query], k=k, model_version=version)
+        try:
+            responses = await asyncio.gather(
+                *(_call(f"index shard {i}", s.Search, request, timeout) for i, s in enumerate(self.index_shards))
+            )
+        except PeerError as exc:
+            if exc.code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise PeerError(grpc.StatusCode.UNAVAILABLE, f"index shards are switching model versions; retry ({exc})")
+            raise
+        return RecResult(_merge_top_k([r.results[0] for r in responses], k), version, fallback=False)
 
     # ------------------------------------------------------------------ status
 
@@ -214,7 +257,7 @@ async def _call(peer: str, method, request, timeout: float):
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED):
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.INVALID_ARGUMENT):
             raise PeerError(code, f"{peer}: {exc.details()}") from exc
         # Anything else is a bug between our own services, not the caller's fault.
         raise PeerError(grpc.StatusCode.INTERNAL, f"{peer} answered {code.name}: {exc.details()}") from exc

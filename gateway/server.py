@@ -23,6 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.flag("--max-batch", 256, int, "most requests gathered into one backend call")
     parser.flag("--batch-wait-us", 0, int, "extra wait for a fuller batch when requests are queueing")
     parser.flag("--batch-concurrency", 4, int, "batches in flight at once")
+    parser.flag("--max-batch-request", 1000, int, "most requests in one RecommendBatch call")
     parser.flag("--default-timeout", 5.0, float, "seconds allowed for the inner calls when the caller sets no deadline")
     return parser.parse_args(argv)
 
@@ -48,7 +49,7 @@ async def serve(args: argparse.Namespace) -> None:
         concurrency=args.batch_concurrency,
         default_timeout_s=args.default_timeout,
     )
-    servicer = GatewayServicer(recommender)
+    servicer = GatewayServicer(recommender, max_batch_request=args.max_batch_request)
     server = GrpcServer(args, [servicer.service_name])
     gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server.server)
     await server.start()

@@ -13,6 +13,7 @@ MAX_K = 1000
 DEFAULT_K = 10
 MAX_USER_ID_BYTES = 256
 MAX_EXCLUDED = 10_000
+MAX_GENRE_NAMES = 64
 # Below this much time left, the inner calls cannot finish: fail now.
 MIN_USEFUL_TIME_S = 0.001
 
@@ -27,12 +28,41 @@ def parse_recommend(request: gateway_pb2.RecommendRequest, deadline: float | Non
         raise InvalidRequest("user_id is required, e.g. \"42\"")
     if len(user_id.encode()) > MAX_USER_ID_BYTES:
         raise InvalidRequest(f"user_id is {len(user_id.encode())} bytes; at most {MAX_USER_ID_BYTES}")
-    k = request.k or DEFAULT_K
+    return RecRequest(
+        user_id,
+        parse_k(request.k),
+        request.exclude_seen,
+        parse_excluded(request.exclude_item_ids),
+        deadline,
+        parse_genre_filter(request),
+    )
+
+
+def parse_k(k: int) -> int:
+    if k == 0:
+        return DEFAULT_K
     if not 1 <= k <= MAX_K:
-        raise InvalidRequest(f"k must be 1..{MAX_K} (0 means {DEFAULT_K}); got {request.k}")
-    if len(request.exclude_item_ids) > MAX_EXCLUDED:
-        raise InvalidRequest(f"exclude_item_ids has {len(request.exclude_item_ids)} ids; at most {MAX_EXCLUDED}")
-    return RecRequest(user_id, k, request.exclude_seen, tuple(dict.fromkeys(request.exclude_item_ids)), deadline)
+        raise InvalidRequest(f"k must be 1..{MAX_K} (0 means {DEFAULT_K}); got {k}")
+    return k
+
+
+def parse_excluded(ids) -> tuple[str, ...]:
+    if len(ids) > MAX_EXCLUDED:
+        raise InvalidRequest(f"exclude_item_ids has {len(ids)} ids; at most {MAX_EXCLUDED}")
+    return tuple(dict.fromkeys(ids))
+
+
+def parse_genre_filter(request) -> common_pb2.GenreFilter | None:
+    """The request's filter, or None when it filters nothing. Names are checked by the index."""
+    if not request.HasField("genre_filter"):
+        return None
+    f = request.genre_filter
+    names = [*f.include_genres, *f.exclude_genres]
+    if not names:
+        return None
+    if len(names) > MAX_GENRE_NAMES or any(not n or len(n) > 64 for n in names):
+        raise InvalidRequest(f"genre_filter takes at most {MAX_GENRE_NAMES} non-empty genre names of up to 64 chars")
+    return f
 
 
 def to_response(result: RecResult) -> gateway_pb2.RecommendResponse:
@@ -46,8 +76,9 @@ def to_response(result: RecResult) -> gateway_pb2.RecommendResponse:
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     service_name = "recsys.v1.Gateway"
 
-    def __init__(self, recommender: Recommender, status_timeout_s: float = 2.0):
+    def __init__(self, recommender: Recommender, *, max_batch_request: int = 1000, status_timeout_s: float = 2.0):
         self.recommender = recommender
+        self.max_batch_request = max_batch_request
         self.status_timeout_s = status_timeout_s
 
     async def Recommend(self, request, context):
@@ -61,6 +92,46 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         except PeerError as exc:
             await context.abort(exc.code, str(exc))
         return to_response(result)
+
+    async def RecommendBatch(self, request, context):
+        deadline = await _deadline(context)
+        n = len(request.requests)
+        if not 1 <= n <= self.max_batch_request:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"requests holds {n} entries; send 1..{self.max_batch_request} (split larger jobs)",
+            )
+        parsed = []
+        for i, r in enumerate(request.requests):
+            try:
+                parsed.append(parse_recommend(r, deadline))
+            except InvalidRequest as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"requests[{i}]: {exc}")
+        try:
+            results = await self.recommender.recommend(parsed)
+        except PeerError as exc:
+            await context.abort(exc.code, str(exc))
+        return gateway_pb2.RecommendBatchResponse(responses=[to_response(r) for r in results])
+
+    async def SimilarItems(self, request, context):
+        deadline = await _deadline(context)
+        try:
+            if not request.item_id:
+                raise InvalidRequest('item_id is required, e.g. "50"')
+            k = parse_k(request.k)
+            excluded = parse_excluded(request.exclude_item_ids)
+            genre_filter = parse_genre_filter(request)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        timeout = self.recommender.default_timeout_s if deadline is None else deadline - time.monotonic()
+        try:
+            result = await self.recommender.similar_items(request.item_id, k, excluded, genre_filter, timeout)
+        except PeerError as exc:
+            await context.abort(exc.code, str(exc))
+        return gateway_pb2.SimilarItemsResponse(
+            items=[gateway_pb2.ScoredItem(item_id=i.item_id, title=i.title, score=i.score) for i in result.items],
+            model_version=result.model_version,
+        )
 
     async def GetModelStatus(self, request, context):
         peers = await self.recommender.peer_status(self.status_timeout_s)

@@ -9,6 +9,7 @@ blocked for the duration of the import.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ scann_ops_pybind = _import_scann_pybind()
 
 # Below this many items, exact brute-force scoring is as fast as any tree.
 EXACT_BELOW = 20_000
+# A genre filter keeping at most this many items is scored exactly over just them.
+SUBSET_EXACT_BELOW = 20_000
 
 
 def scann_config(n: int) -> dict[str, Any]:
@@ -73,7 +76,7 @@ def build_searcher(embeddings: np.ndarray, config: dict[str, Any]):
     )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ItemIndex:
     """Search over one shard of one version's items.
 
@@ -85,6 +88,7 @@ class ItemIndex:
     searcher: Any
     config: dict[str, Any]
     popular_rows: np.ndarray  # this shard's rows, most popular first
+    genre_names: tuple[str, ...]
 
     @property
     def dim(self) -> int:
@@ -113,8 +117,60 @@ class ItemIndex:
         rows = self.popular_rows[: min(fetch, len(self))]
         return rows, self.items.popularity[rows]
 
+    def genre_mask(self, names) -> int:
+        """Bitmask of genre names (case-insensitive); ValueError names the valid ones."""
+        lookup = {g.lower(): bit for bit, g in enumerate(self.genre_names)}
+        mask = 0
+        for name in names:
+            bit = lookup.get(name.lower())
+            if bit is None:
+                raise ValueError(f"unknown genre {name[:40]!r}; known genres: {', '.join(self.genre_names)}")
+            mask |= 1 << bit
+        return mask
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019  (one cache per loaded version is what we want)
+    def allowed_rows(self, include_mask: int, exclude_mask: int) -> np.ndarray:
+        """Boolean [n]: items with any genre of include_mask (if non-zero) and none of exclude_mask."""
+        genres = self.items.genres
+        allowed = np.ones(len(genres), dtype=bool) if not include_mask else (genres & include_mask) != 0
+        if exclude_mask:
+            allowed &= (genres & exclude_mask) == 0
+        allowed.setflags(write=False)
+        return allowed
+
+    def search_filtered(
+        self, query: np.ndarray, k: int, excluded: np.ndarray, allowed: np.ndarray, exact: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k among ``allowed`` rows not in ``excluded``, for one float32 query [dim].
+
+        Over-fetches from ScaNN by the inverse of the filter's selectivity and
+        widens until k survive; a filter that keeps few items is scored exactly
+        over just those items, which is then cheaper than any over-fetch.
+        """
+        candidates = allowed.copy()
+        candidates[excluded] = False
+        n_candidates = int(candidates.sum())
+        if exact or n_candidates <= SUBSET_EXACT_BELOW or self.config["mode"] == "brute_force":
+            rows = np.flatnonzero(candidates)
+            top_rows, top_scores = _exact_top(query[None, :], self.items.embeddings[rows], min(k, len(rows)))
+            return rows[top_rows[0]], top_scores[0]
+        selectivity = n_candidates / len(self)
+        fetch = int((k + len(excluded)) / selectivity * 1.5) + 16
+        while True:
+            rows, scores = self.search(query[None, :], fetch)
+            keep = candidates[rows[0]]
+            if keep.sum() >= k:
+                return rows[0][keep][:k], scores[0][keep][:k]
+            if fetch >= len(self) // 4:
+                rows = np.flatnonzero(candidates)
+                top_rows, top_scores = _exact_top(query[None, :], self.items.embeddings[rows], min(k, len(rows)))
+                return rows[top_rows[0]], top_scores[0]
+            fetch *= 4
+
 
 def _exact_top(queries: np.ndarray, embeddings: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+    if fetch == 0:
+        return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
     scores = queries @ embeddings.T
     top = np.argpartition(-scores, fetch - 1, axis=1)[:, :fetch] if fetch < scores.shape[1] else np.tile(
         np.arange(scores.shape[1]), (len(queries), 1)
@@ -150,6 +206,6 @@ def make_loader(shard_index: int = 0, num_shards: int = 1):
         config = {**scann_config(len(items)), **manifest.raw.get("scann", {})}
         searcher = build_searcher(items.embeddings, config)
         popular = np.argsort(-items.popularity, kind="stable")
-        return ItemIndex(manifest.version, items, searcher, config, popular)
+        return ItemIndex(manifest.version, items, searcher, config, popular, manifest.genres)
 
     return load

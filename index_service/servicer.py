@@ -39,28 +39,47 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
         self.num_shards = num_shards
 
     async def Search(self, request, context):
+        version, index = await self._model(request.model_version, context)
         try:
-            version = parse_version(request.model_version)
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        try:
-            version, index = self.manager.get(version)
-        except VersionUnavailable as exc:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"{exc}; embed the query with one of the loaded versions",
-            )
-        try:
-            k, vectors, popular, excluded = self._parse(request, index)
+            k, vectors, popular, excluded, filters = self._parse(request, index)
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        results = search(index, k, vectors, popular, excluded, exact=request.exact)
+        results = search(index, k, vectors, popular, excluded, filters, exact=request.exact)
         return index_service_pb2.SearchResponse(
             results=results,
             model_version=str(version),
             shard_index=self.shard_index,
             num_shards=self.num_shards,
         )
+
+    async def GetItemEmbeddings(self, request, context):
+        if not 1 <= len(request.item_ids) <= self.max_batch:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"send 1..{self.max_batch} item_ids; got {len(request.item_ids)}"
+            )
+        version, index = await self._model(request.model_version, context)
+        items = index.items
+        out = []
+        for item_id in request.item_ids:
+            row = items.row_of.get(item_id)
+            if row is None:
+                out.append(index_service_pb2.ItemEmbedding(item_id=item_id, found=False))
+            else:
+                out.append(index_service_pb2.ItemEmbedding(
+                    item_id=item_id, found=True, values=items.embeddings[row], title=items.titles[row]
+                ))
+        return index_service_pb2.GetItemEmbeddingsResponse(items=out, model_version=str(version))
+
+    async def _model(self, requested: str, context) -> tuple[int, ItemIndex]:
+        try:
+            return self.manager.get(parse_version(requested))
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except VersionUnavailable as exc:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"{exc}; use one of the loaded versions (vectors of one "
+                "version are meaningless against another's items)"
+            )
 
     def _parse(self, request, index: ItemIndex):
         queries = request.queries
@@ -75,6 +94,7 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
         vectors = np.zeros((len(queries), dim), dtype=np.float32)
         popular = np.zeros(len(queries), dtype=bool)
         excluded: list[np.ndarray] = []
+        filters: list[tuple[int, int] | None] = []
         for i, query in enumerate(queries):
             if query.most_popular:
                 if len(query.vector):
@@ -91,6 +111,15 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
                 raise InvalidRequest(
                     f"queries[{i}] excludes {len(query.exclude_item_ids)} items; at most {self.max_excluded}"
                 )
+            if query.HasField("genre_filter"):
+                try:
+                    masks = (index.genre_mask(query.genre_filter.include_genres),
+                             index.genre_mask(query.genre_filter.exclude_genres))
+                except ValueError as exc:
+                    raise InvalidRequest(f"queries[{i}].genre_filter: {exc}") from exc
+                filters.append(masks if any(masks) else None)
+            else:
+                filters.append(None)
             row_of = index.items.row_of
             excluded.append(np.fromiter(
                 {row_of[item_id] for item_id in query.exclude_item_ids if item_id in row_of}, dtype=np.int64
@@ -98,23 +127,41 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
         if not np.isfinite(vectors).all():
             bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
             raise InvalidRequest(f"queries[{bad}].vector holds NaN or Inf; every value must be finite")
-        return k, vectors, popular, excluded
+        return k, vectors, popular, excluded, filters
 
 
 def search(
-    index: ItemIndex, k: int, vectors: np.ndarray, popular: np.ndarray, excluded: list[np.ndarray], exact: bool
+    index: ItemIndex,
+    k: int,
+    vectors: np.ndarray,
+    popular: np.ndarray,
+    excluded: list[np.ndarray],
+    filters: list[tuple[int, int] | None],
+    exact: bool,
 ) -> list[index_service_pb2.SearchResult]:
-    """Top-k per query with exclusions; over-fetches by the number excluded so k come back when possible."""
-    fetch = k + max((len(e) for e in excluded), default=0)
+    """Top-k per query with exclusions and genre filters; exactly k whenever the catalog allows.
+
+    Unfiltered vector queries go to ScaNN as one batch, over-fetching by the
+    number of excluded items; filtered ones are searched one by one with an
+    over-fetch sized by the filter's selectivity.
+    """
     results: list[index_service_pb2.SearchResult | None] = [None] * len(vectors)
-    by_vector = np.flatnonzero(~popular)
-    if by_vector.size:
-        rows, scores = index.search(vectors[by_vector], fetch, exact=exact)
-        for j, i in enumerate(by_vector):
+    plain = [i for i in range(len(vectors)) if not popular[i] and filters[i] is None]
+    if plain:
+        fetch = k + max(len(excluded[i]) for i in plain)
+        rows, scores = index.search(vectors[plain], fetch, exact=exact)
+        for j, i in enumerate(plain):
             results[i] = _result(index, rows[j], scores[j], excluded[i], k)
-    if popular.any():
-        rows, scores = index.most_popular(fetch)
-        for i in np.flatnonzero(popular):
+    for i in range(len(vectors)):
+        if results[i] is not None:
+            continue
+        allowed = index.allowed_rows(*filters[i]) if filters[i] is not None else None
+        if popular[i]:
+            rows = index.popular_rows if allowed is None else index.popular_rows[allowed[index.popular_rows]]
+            rows = rows[: k + len(excluded[i])]
+            results[i] = _result(index, rows, index.items.popularity[rows], excluded[i], k)
+        else:
+            rows, scores = index.search_filtered(vectors[i], k, excluded[i], allowed, exact=exact)
             results[i] = _result(index, rows, scores, excluded[i], k)
     return results  # type: ignore[return-value]
 

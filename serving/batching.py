@@ -26,7 +26,8 @@ class MicroBatcher(Generic[T, R]):
     """Runs ``run_batch(items) -> results`` (same length, same order) on gathered items.
 
     ``submit(items)`` enqueues one caller's items and returns its results; an
-    exception from ``run_batch`` is raised to every caller in that batch.
+    exception from ``run_batch`` is raised to every caller in that batch, and
+    an exception instance in place of a result is raised to that item's caller.
     ``concurrency`` batches may be in flight at once.
     """
 
@@ -103,6 +104,12 @@ class MicroBatcher(Generic[T, R]):
             return
         offset = 0
         for items, fut in pending:
-            if not fut.done():
-                fut.set_result(list(results[offset : offset + len(items)]))
+            mine = list(results[offset : offset + len(items)])
             offset += len(items)
+            if fut.done():
+                continue
+            failure = next((r for r in mine if isinstance(r, BaseException)), None)
+            if failure is not None:
+                fut.set_exception(failure)
+            else:
+                fut.set_result(mine)

@@ -20,6 +20,14 @@ MODEL_VERSION_STATE_AVAILABLE: ModelVersionState
 MODEL_VERSION_STATE_FAILED: ModelVersionState
 MODEL_VERSION_STATE_UNLOADED: ModelVersionState
 
+class GenreFilter(_message.Message):
+    __slots__ = ("include_genres", "exclude_genres")
+    INCLUDE_GENRES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_GENRES_FIELD_NUMBER: _ClassVar[int]
+    include_genres: _containers.RepeatedScalarFieldContainer[str]
+    exclude_genres: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, include_genres: _Optional[_Iterable[str]] = ..., exclude_genres: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ModelVersionStatus(_message.Message):
     __slots__ = ("version", "state", "error", "size", "is_default")
     VERSION_FIELD_NUMBER: _ClassVar[int]

@@ -41,6 +41,16 @@ class GatewayStub:
                 request_serializer=recsys_dot_v1_dot_gateway__pb2.RecommendRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_gateway__pb2.RecommendResponse.FromString,
                 _registered_method=True)
+        self.RecommendBatch = channel.unary_unary(
+                '/recsys.v1.Gateway/RecommendBatch',
+                request_serializer=recsys_dot_v1_dot_gateway__pb2.RecommendBatchRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_gateway__pb2.RecommendBatchResponse.FromString,
+                _registered_method=True)
+        self.SimilarItems = channel.unary_unary(
+                '/recsys.v1.Gateway/SimilarItems',
+                request_serializer=recsys_dot_v1_dot_gateway__pb2.SimilarItemsRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_gateway__pb2.SimilarItemsResponse.FromString,
+                _registered_method=True)
         self.GetModelStatus = channel.unary_unary(
                 '/recsys.v1.Gateway/GetModelStatus',
                 request_serializer=recsys_dot_v1_dot_common__pb2.GetModelStatusRequest.SerializeToString,
@@ -54,6 +64,21 @@ class GatewayServicer:
 
     def Recommend(self, request, context):
         """Recommends k movies for one user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecommendBatch(self, request, context):
+        """Recommends for many users in one call (offline jobs, fan-out backends);
+        answered with one query-service call and one index call per shard.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SimilarItems(self, request, context):
+        """The k movies most similar to a movie, by the candidate tower's embeddings.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -73,6 +98,16 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Recommend,
                     request_deserializer=recsys_dot_v1_dot_gateway__pb2.RecommendRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_gateway__pb2.RecommendResponse.SerializeToString,
+            ),
+            'RecommendBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecommendBatch,
+                    request_deserializer=recsys_dot_v1_dot_gateway__pb2.RecommendBatchRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_gateway__pb2.RecommendBatchResponse.SerializeToString,
+            ),
+            'SimilarItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.SimilarItems,
+                    request_deserializer=recsys_dot_v1_dot_gateway__pb2.SimilarItemsRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_gateway__pb2.SimilarItemsResponse.SerializeToString,
             ),
             'GetModelStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelStatus,
@@ -108,6 +143,60 @@ class Gateway:
             '/recsys.v1.Gateway/Recommend',
             recsys_dot_v1_dot_gateway__pb2.RecommendRequest.SerializeToString,
             recsys_dot_v1_dot_gateway__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecommendBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Gateway/RecommendBatch',
+            recsys_dot_v1_dot_gateway__pb2.RecommendBatchRequest.SerializeToString,
+            recsys_dot_v1_dot_gateway__pb2.RecommendBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SimilarItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Gateway/SimilarItems',
+            recsys_dot_v1_dot_gateway__pb2.SimilarItemsRequest.SerializeToString,
+            recsys_dot_v1_dot_gateway__pb2.SimilarItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

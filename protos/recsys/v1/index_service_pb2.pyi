@@ -8,14 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Query(_message.Message):
-    __slots__ = ("vector", "exclude_item_ids", "most_popular")
+    __slots__ = ("vector", "exclude_item_ids", "most_popular", "genre_filter")
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     MOST_POPULAR_FIELD_NUMBER: _ClassVar[int]
+    GENRE_FILTER_FIELD_NUMBER: _ClassVar[int]
     vector: _containers.RepeatedScalarFieldContainer[float]
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     most_popular: bool
-    def __init__(self, vector: _Optional[_Iterable[float]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., most_popular: _Optional[bool] = ...) -> None: ...
+    genre_filter: _common_pb2.GenreFilter
+    def __init__(self, vector: _Optional[_Iterable[float]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., most_popular: _Optional[bool] = ..., genre_filter: _Optional[_Union[_common_pb2.GenreFilter, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
     __slots__ = ("queries", "k", "model_version", "exact")
@@ -50,3 +52,31 @@ class SearchResponse(_message.Message):
     shard_index: int
     num_shards: int
     def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., model_version: _Optional[str] = ..., shard_index: _Optional[int] = ..., num_shards: _Optional[int] = ...) -> None: ...
+
+class GetItemEmbeddingsRequest(_message.Message):
+    __slots__ = ("item_ids", "model_version")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    model_version: str
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class ItemEmbedding(_message.Message):
+    __slots__ = ("item_id", "found", "values", "title")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    found: bool
+    values: _containers.RepeatedScalarFieldContainer[float]
+    title: str
+    def __init__(self, item_id: _Optional[str] = ..., found: _Optional[bool] = ..., values: _Optional[_Iterable[float]] = ..., title: _Optional[str] = ...) -> None: ...
+
+class GetItemEmbeddingsResponse(_message.Message):
+    __slots__ = ("items", "model_version")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ItemEmbedding]
+    model_version: str
+    def __init__(self, items: _Optional[_Iterable[_Union[ItemEmbedding, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...

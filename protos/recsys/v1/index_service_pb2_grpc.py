@@ -41,6 +41,11 @@ class IndexServiceStub:
                 request_serializer=recsys_dot_v1_dot_index__service__pb2.SearchRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_index__service__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.GetItemEmbeddings = channel.unary_unary(
+                '/recsys.v1.IndexService/GetItemEmbeddings',
+                request_serializer=recsys_dot_v1_dot_index__service__pb2.GetItemEmbeddingsRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_index__service__pb2.GetItemEmbeddingsResponse.FromString,
+                _registered_method=True)
         self.GetModelStatus = channel.unary_unary(
                 '/recsys.v1.IndexService/GetModelStatus',
                 request_serializer=recsys_dot_v1_dot_common__pb2.GetModelStatusRequest.SerializeToString,
@@ -59,6 +64,13 @@ class IndexServiceServicer:
 
     def Search(self, request, context):
         """Finds the top-k items for each query vector.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetItemEmbeddings(self, request, context):
+        """Returns the stored embeddings of items (for item-to-item similarity).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,6 +97,11 @@ def add_IndexServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=recsys_dot_v1_dot_index__service__pb2.SearchRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_index__service__pb2.SearchResponse.SerializeToString,
+            ),
+            'GetItemEmbeddings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetItemEmbeddings,
+                    request_deserializer=recsys_dot_v1_dot_index__service__pb2.GetItemEmbeddingsRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_index__service__pb2.GetItemEmbeddingsResponse.SerializeToString,
             ),
             'GetModelStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelStatus,
@@ -125,6 +142,33 @@ class IndexService:
             '/recsys.v1.IndexService/Search',
             recsys_dot_v1_dot_index__service__pb2.SearchRequest.SerializeToString,
             recsys_dot_v1_dot_index__service__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetItemEmbeddings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.IndexService/GetItemEmbeddings',
+            recsys_dot_v1_dot_index__service__pb2.GetItemEmbeddingsRequest.SerializeToString,
+            recsys_dot_v1_dot_index__service__pb2.GetItemEmbeddingsResponse.FromString,
             options,
             channel_credentials,
             insecure,
