@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import grpc
 
 from recsys.v1 import common_pb2, index_service_pb2, index_service_pb2_grpc, query_service_pb2, query_service_pb2_grpc
+from serving import request_id
 from serving.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class RecRequest:
     exclude_item_ids: tuple[str, ...]
     deadline: float | None  # time.monotonic() by which the caller needs the answer
     genre_filter: common_pb2.GenreFilter | None = None
+    request_id: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +89,10 @@ class Recommender:
     # ------------------------------------------------------------------ one batch
 
     async def _run_batch(self, batch: list[RecRequest]) -> list[RecResult | PeerError]:
+        # Peers see one id per batch; this line ties it to the callers' ids.
+        request_id.current.set(batch[0].request_id if len(batch) == 1 else request_id.new_id())
+        if len(batch) > 1:
+            log.debug("batch", extra={"request_ids": [r.request_id for r in batch]})
         try:
             return await self._run_batch_once(batch)
         except PeerError as exc:
@@ -253,7 +259,7 @@ def _merge_top_k(results: Sequence[index_service_pb2.SearchResult], k: int) -> l
 
 async def _call(peer: str, method, request, timeout: float):
     try:
-        return await method(request, timeout=timeout)
+        return await method(request, timeout=timeout, metadata=request_id.outgoing_metadata())
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION,

@@ -8,6 +8,7 @@ import grpc
 
 from gateway.recommender import PeerError, Recommender, RecRequest, RecResult
 from recsys.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from serving import request_id
 
 MAX_K = 1000
 DEFAULT_K = 10
@@ -35,6 +36,7 @@ def parse_recommend(request: gateway_pb2.RecommendRequest, deadline: float | Non
         parse_excluded(request.exclude_item_ids),
         deadline,
         parse_genre_filter(request),
+        request_id.current.get(),
     )
 
 

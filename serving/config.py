@@ -17,6 +17,8 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
+from serving import request_id
+
 log = logging.getLogger(__name__)
 
 
@@ -84,12 +86,15 @@ def add_model_flags(parser: FlagParser) -> None:
 
 def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(request_id.LogFilter())
     if fmt == "json":
         handler.setFormatter(
-            JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level"})
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s", rename_fields={"levelname": "level"}
+            )
         )
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from serving import metrics, reflection
+from serving import metrics, reflection, request_id
 from serving.lifecycle import ModelManager
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class GrpcServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ],
             maximum_concurrent_rpcs=args.max_concurrent_rpcs or None,
-            interceptors=[metrics.ServerMetricsInterceptor()],
+            interceptors=[request_id.RequestIdInterceptor(), metrics.ServerMetricsInterceptor()],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
