@@ -106,20 +106,24 @@ class Recommender:
     async def _run_batch_once(self, batch: list[RecRequest]) -> list[RecResult]:
         timeout = self._timeout(batch)
         version = self._pinned_version()
-        for _ in range(2):
-            embedded = await self._embed(batch, version, timeout)
-            try:
-                results = await self._search(batch, embedded, timeout)
-            except PeerError as exc:
-                if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
-                    raise
-                version = await self._common_version(timeout)
-                log.warning("model versions differ between tiers; pinning the newest common one",
-                            extra={"embedded_with": embedded.model_version, "pinned": version})
-                self._pinned = (version, time.monotonic() + PIN_SECONDS)
-                continue
-            return results
-        raise PeerError(grpc.StatusCode.UNAVAILABLE, "query and index tiers did not agree on a model version; retry")
+        try:
+            return await self._search(batch, await self._embed(batch, version, timeout), timeout)
+        except PeerError as exc:
+            if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            # One tier does not hold the version the other used (a roll-out in
+            # progress, or a version one tier refused): use the newest version
+            # both hold, for a while, instead of mixing embedding spaces.
+            version = await self._common_version(timeout)
+            log.warning("model versions differ between tiers; pinning the newest common one",
+                        extra={"failed": str(exc), "pinned": version})
+            self._pinned = (version, time.monotonic() + PIN_SECONDS)
+        try:
+            return await self._search(batch, await self._embed(batch, version, timeout), timeout)
+        except PeerError as exc:
+            if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            raise PeerError(grpc.StatusCode.UNAVAILABLE, f"model versions are changing on the tiers; retry ({exc})")
 
     def _timeout(self, batch: list[RecRequest]) -> float:
         deadlines = [r.deadline for r in batch if r.deadline is not None]

@@ -138,11 +138,11 @@ def shard_items(items: bundle.ItemTable, shard_index: int, num_shards: int) -> b
 
 
 def make_loader(shard_index: int = 0, num_shards: int = 1):
-    """The ModelManager loader: verify the item files, load this shard, build ScaNN."""
+    """The ModelManager loader: validate the bundle, keep this shard's items, build ScaNN."""
 
     def load(path: Path, manifest: bundle.Manifest) -> ItemIndex:
-        bundle.verify_files(path, manifest, only=tuple(f"{name}.npy" for name in bundle.ITEM_ARRAYS))
-        items = shard_items(bundle.load_items(path, manifest), shard_index, num_shards)
+        items, _ = bundle.validate(path, manifest)
+        items = shard_items(items, shard_index, num_shards)
         if len(items) == 0:
             raise bundle.BundleError(f"{path}: shard {shard_index} of {num_shards} holds no items")
         config = {**ann.scann_config(len(items)), **manifest.raw.get("scann", {})}

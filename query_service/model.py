@@ -43,8 +43,7 @@ class UserTower:
 
 def load_user_tower(path: Path, manifest: bundle.Manifest) -> UserTower:
     """Loader for the ModelManager: verify, load, and check that the tower agrees with the items."""
-    bundle.verify_files(path, manifest, only=(bundle.USER_TOWER + "/", "user_ids.npy", "seen_", "item_ids.npy"))
-    users = bundle.load_users(path, manifest)
+    _, users = bundle.validate(path, manifest)
     saved = tf.saved_model.load(str(path / bundle.USER_TOWER))
     try:
         signature = saved.signatures["serving_default"]

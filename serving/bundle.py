@@ -352,6 +352,18 @@ def load_users(bundle_dir: Path, manifest: Manifest) -> UserTable:
     return UserTable(ids=ids, seen_indptr=indptr.astype(np.int64), seen_items=seen, item_ids=arrays["item_ids"], row_of=row_of)
 
 
+def validate(bundle_dir: Path, manifest: Manifest) -> tuple[ItemTable, UserTable]:
+    """Everything a version must pass before any service serves it: every file's
+    checksum, and the item and user arrays' shapes and values.
+
+    Both the query and the index service run this whole check, not only on the
+    files each one reads, so the two tiers agree on which versions are valid
+    (a version one tier accepted and the other refused could never be served).
+    """
+    verify_files(bundle_dir, manifest)
+    return load_items(bundle_dir, manifest), load_users(bundle_dir, manifest)
+
+
 def shard_of(item_id: str, num_shards: int) -> int:
     """The shard (0-based) that holds ``item_id``: a stable hash, the same in every process."""
     return zlib.crc32(item_id.encode()) % num_shards
