@@ -12,7 +12,8 @@ import sys
 import grpc
 
 from recsys.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from serving.healthcheck import check
+from serving import tls
+from serving.healthcheck import add_tls_client_flags, check, client_credentials
 
 SERVICES = ("", "recsys.v1.Gateway")
 
@@ -61,7 +62,8 @@ def cmd_status(stub, args) -> str:
 
 
 def cmd_health(_stub, args) -> str:
-    rows = [[name or "(overall)", check(args.address, name, args.timeout)] for name in SERVICES]
+    credentials = client_credentials(args)
+    rows = [[name or "(overall)", check(args.address, name, args.timeout, credentials)] for name in SERVICES]
     return table(["service", "status"], rows)
 
 
@@ -70,6 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--address", default=os.environ.get("GATEWAY_ADDRESS", "127.0.0.1:50051"),
                         help="gateway host:port [env GATEWAY_ADDRESS]")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    add_tls_client_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("recommend", help="top-k movies for a user")
     rec.add_argument("user_id")
@@ -88,7 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with grpc.insecure_channel(args.address) as channel:
+    with tls.open_channel(args.address, client_credentials(args), aio=False) as channel:
         try:
             print(args.run(gateway_pb2_grpc.GatewayStub(channel), args))
         except grpc.RpcError as exc:

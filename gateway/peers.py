@@ -14,6 +14,7 @@ import json
 
 import grpc
 
+from serving import tls
 from serving.server import channel_options
 
 
@@ -40,9 +41,12 @@ def service_config(service: str, max_attempts: int = 3) -> str:
     )
 
 
-def open_channel(target: str, service: str, max_message_bytes: int) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
+def open_channel(
+    target: str, service: str, max_message_bytes: int, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.aio.Channel:
+    return tls.open_channel(
         target,
+        credentials,
         options=[
             *channel_options(max_message_bytes),
             ("grpc.service_config", service_config(service)),

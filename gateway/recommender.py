@@ -269,5 +269,6 @@ async def _call(peer: str, method, request, timeout: float):
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION,
                     grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.INVALID_ARGUMENT):
             raise PeerError(code, f"{peer}: {exc.details()}") from exc
-        # Anything else is a bug between our own services, not the caller's fault.
-        raise PeerError(grpc.StatusCode.INTERNAL, f"{peer} answered {code.name}: {exc.details()}") from exc
+        # Anything else is a fault of that peer, not of the caller: report the peer
+        # as unavailable (retryable) rather than passing INTERNAL/UNKNOWN through.
+        raise PeerError(grpc.StatusCode.UNAVAILABLE, f"{peer} failed with {code.name}: {exc.details()}") from exc

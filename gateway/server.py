@@ -20,6 +20,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "gRPC target of the index tier; for a sharded index, one target per shard separated by ';'",
         shared=True,
     )
+    parser.flag("--peer-tls-ca", "", str, "PEM CA that signed the peers' certificates: talk TLS to peers", shared=True)
+    parser.flag("--peer-tls-cert", "", str, "PEM client certificate for mutual TLS to peers", shared=True)
+    parser.flag("--peer-tls-key", "", str, "PEM key of --peer-tls-cert", shared=True)
     parser.flag("--max-batch", 256, int, "most requests gathered into one backend call")
     parser.flag("--batch-wait-us", 0, int, "extra wait for a fuller batch when requests are queueing")
     parser.flag("--batch-concurrency", 4, int, "batches in flight at once")
@@ -33,11 +36,13 @@ async def serve(args: argparse.Namespace) -> None:
     from gateway.recommender import Recommender
     from gateway.servicer import GatewayServicer
     from recsys.v1 import gateway_pb2_grpc, index_service_pb2_grpc, query_service_pb2_grpc
+    from serving import tls
     from serving.server import GrpcServer
 
-    query_channel = open_channel(args.query_target, "recsys.v1.QueryService", args.max_message_bytes)
+    credentials = tls.channel_credentials(args.peer_tls_ca, args.peer_tls_cert, args.peer_tls_key)
+    query_channel = open_channel(args.query_target, "recsys.v1.QueryService", args.max_message_bytes, credentials)
     index_channels = [
-        open_channel(target.strip(), "recsys.v1.IndexService", args.max_message_bytes)
+        open_channel(target.strip(), "recsys.v1.IndexService", args.max_message_bytes, credentials)
         for target in args.index_targets.split(";")
         if target.strip()
     ]

@@ -71,7 +71,10 @@ def add_server_flags(parser: FlagParser, default_port: int) -> None:
     parser.flag("--metrics-port", 0, int, "Prometheus /metrics HTTP port (0 = disabled)")
     parser.flag("--grace-period", 10.0, float, "seconds to finish in-flight requests on SIGTERM")
     parser.flag("--max-message-bytes", 8 * 1024 * 1024, int, "largest gRPC message accepted or sent")
-    parser.flag("--max-concurrent-rpcs", 1024, int, "RPCs handled at once; beyond it: RESOURCE_EXHAUSTED")
+    parser.flag("--max-concurrent-rpcs", 256, int, "requests in flight at once; beyond it: RESOURCE_EXHAUSTED")
+    parser.flag("--tls-cert", "", str, "PEM certificate: serve TLS (with --tls-key)")
+    parser.flag("--tls-key", "", str, "PEM private key of --tls-cert")
+    parser.flag("--tls-client-ca", "", str, "PEM CA: require client certificates signed by it (mutual TLS)")
     parser.flag("--log-level", "INFO", str, "logging level", shared=True)
     parser.flag("--log-format", "json", str, "log line format", shared=True, choices=("json", "text"))
 

@@ -1,15 +1,12 @@
 """Prometheus metrics shared by every service, served on a separate HTTP port.
 
-The interceptor counts every unary RPC by method and status code and records
-its latency; services add their own gauges (model version, index size) and
+``serving.interceptors`` counts every unary RPC by method and status code and
+records its latency; services add their own gauges (model version, index size) and
 histograms (batch sizes) from here so that names stay consistent.
 """
 
 from __future__ import annotations
 
-import time
-
-import grpc
 import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -33,38 +30,3 @@ INDEX_SIZE = Gauge("recsys_index_items", "items in the served index (this shard)
 
 def start_http_server(port: int, host: str) -> None:
     prometheus_client.start_http_server(port, addr=host)
-
-
-class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times unary-unary RPCs (the only kind the recsys services use)."""
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method = handler_call_details.method
-        inner = handler.unary_unary
-
-        async def timed(request, context):
-            start = time.perf_counter()
-            try:
-                response = await inner(request, context)
-            except BaseException:
-                code = context.code()
-                REQUESTS.labels(method, _code_name(code, default="UNKNOWN")).inc()
-                raise
-            else:
-                REQUESTS.labels(method, _code_name(context.code(), default="OK")).inc()
-                return response
-            finally:
-                LATENCY.labels(method).observe(time.perf_counter() - start)
-
-        return grpc.unary_unary_rpc_method_handler(
-            timed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-
-def _code_name(code: grpc.StatusCode | None, default: str) -> str:
-    return code.name if isinstance(code, grpc.StatusCode) else default

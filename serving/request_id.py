@@ -12,8 +12,6 @@ import contextvars
 import logging
 import uuid
 
-import grpc
-
 HEADER = "x-request-id"
 MAX_LENGTH = 128
 current: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -35,22 +33,3 @@ class LogFilter(logging.Filter):
         if not getattr(record, "request_id", ""):
             record.request_id = current.get()
         return True
-
-
-class RequestIdInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        incoming = dict(handler_call_details.invocation_metadata or ()).get(HEADER, "")
-        inner = handler.unary_unary
-
-        async def with_id(request, context):
-            rid = incoming[:MAX_LENGTH] if incoming else new_id()
-            current.set(rid)  # the handler runs in its own task, so this stays per call
-            context.set_trailing_metadata(((HEADER, rid),))
-            return await inner(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            with_id, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )

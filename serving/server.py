@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from serving import metrics, reflection, request_id
+from serving import interceptors, metrics, reflection, tls
 from serving.lifecycle import ModelManager
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,7 @@ class GrpcServer:
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ],
-            maximum_concurrent_rpcs=args.max_concurrent_rpcs or None,
-            interceptors=[request_id.RequestIdInterceptor(), metrics.ServerMetricsInterceptor()],
+            interceptors=[interceptors.ServingInterceptor(args.max_concurrent_rpcs)],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -63,13 +62,19 @@ class GrpcServer:
 
     async def start(self) -> None:
         address = f"{self.args.host}:{self.args.port}"
-        if self.server.add_insecure_port(address) == 0:
+        credentials = tls.server_credentials(self.args.tls_cert, self.args.tls_key, self.args.tls_client_ca)
+        if credentials is None:
+            bound = self.server.add_insecure_port(address)
+        else:
+            bound = self.server.add_secure_port(address, credentials)
+        if bound == 0:
             raise SystemExit(f"cannot listen on {address}: is the port in use?")
         await self.set_serving(False)
         await self.server.start()
         if self.args.metrics_port:
             metrics.start_http_server(self.args.metrics_port, self.args.host)
-        log.info("listening", extra={"address": address, "services": self.service_names})
+        log.info("listening", extra={"address": address, "services": self.service_names,
+                                     "tls": credentials is not None, "mtls": bool(self.args.tls_client_ca)})
 
     async def set_serving(self, serving: bool) -> None:
         status = SERVING if serving else NOT_SERVING

@@ -19,6 +19,9 @@ import numpy as np
 from recsys.v1 import gateway_pb2, gateway_pb2_grpc
 
 
+REJECTED_BACKOFF_S = 0.02
+
+
 @dataclasses.dataclass
 class Call:
     started: float
@@ -62,6 +65,8 @@ async def _drive(
                 except grpc.aio.AioRpcError as exc:
                     response, code = exc.details(), exc.code().name
                 calls.append(Call(started, time.monotonic() - started, code, response))
+                if code == "RESOURCE_EXHAUSTED":
+                    await asyncio.sleep(REJECTED_BACKOFF_S)  # what the error message asks clients to do
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
     return LoadResult(calls)

@@ -27,7 +27,7 @@ def free_port() -> int:
 
 def service_env(**overrides: str) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "protos"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "protos"), str(REPO / "tests"), env.get("PYTHONPATH", "")])
     env.update(OPENBLAS_NUM_THREADS="1", LOG_FORMAT="json", TF_CPP_MIN_LOG_LEVEL="3", TF_USE_LEGACY_KERAS="1")
     env.update(overrides)
     return env
