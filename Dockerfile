@@ -37,7 +37,7 @@ WORKDIR /app
 # requirements. Editing code then reuses this layer instead of reinstalling.
 FROM runtime AS deps
 COPY pyproject.toml ./
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir . && rm -rf build ./*.egg-info
 
 FROM deps AS trainer
 ENV TF_USE_LEGACY_KERAS=1 \

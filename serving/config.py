@@ -72,6 +72,7 @@ def add_server_flags(parser: FlagParser, default_port: int) -> None:
     parser.flag("--grace-period", 10.0, float, "seconds to finish in-flight requests on SIGTERM")
     parser.flag("--max-message-bytes", 8 * 1024 * 1024, int, "largest gRPC message accepted or sent")
     parser.flag("--max-concurrent-rpcs", 256, int, "requests in flight at once; beyond it: RESOURCE_EXHAUSTED")
+    parser.flag("--max-connection-age", 60.0, float, "seconds before a client connection is recycled (re-resolves DNS)")
     parser.flag("--tls-cert", "", str, "PEM certificate: serve TLS (with --tls-key)")
     parser.flag("--tls-key", "", str, "PEM private key of --tls-cert")
     parser.flag("--tls-client-ca", "", str, "PEM CA: require client certificates signed by it (mutual TLS)")

@@ -52,6 +52,10 @@ class GrpcServer:
                 # Accept the gateway's keepalive pings on idle channels (every 10 s).
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                # Clients re-resolve DNS only when a connection ends: closing each one
+                # after a while lets the gateway discover index replicas added later.
+                ("grpc.max_connection_age_ms", int(args.max_connection_age * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(args.grace_period * 1000)),
             ],
             interceptors=[interceptors.ServingInterceptor(args.max_concurrent_rpcs)],
         )
