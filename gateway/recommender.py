@@ -91,7 +91,7 @@ class Recommender:
     async def _run_batch(self, batch: list[RecRequest]) -> list[RecResult | PeerError]:
         # Peers see one id per batch; this line ties it to the callers' ids.
         request_id.current.set(batch[0].request_id if len(batch) == 1 else request_id.new_id())
-        if len(batch) > 1:
+        if len(batch) > 1 and log.isEnabledFor(logging.DEBUG):
             log.debug("batch", extra={"request_ids": [r.request_id for r in batch]})
         try:
             return await self._run_batch_once(batch)

@@ -133,21 +133,45 @@ def shard_items(items: bundle.ItemTable, shard_index: int, num_shards: int) -> b
         genres=items.genres[keep],
         popularity=items.popularity[keep],
         embeddings=np.ascontiguousarray(items.embeddings[keep]),
-        row_of={item_id: row for row, item_id in enumerate(ids.tolist())},
+        row_of=bundle.IdIndex(ids),
     )
 
 
 def make_loader(shard_index: int = 0, num_shards: int = 1):
-    """The ModelManager loader: validate the bundle, keep this shard's items, build ScaNN."""
+    """The ModelManager loader: validate the bundle, keep this shard's items, get its ScaNN searcher.
+
+    A replica that holds the whole catalog loads the searcher serialized in the
+    bundle (``scann/``, checksummed by the manifest) when there is one: seconds
+    instead of a rebuild. A shard, or a bundle without ``scann/``, builds its
+    own, with the parameters for its own item count.
+    """
 
     def load(path: Path, manifest: bundle.Manifest) -> ItemIndex:
         items, _ = bundle.validate(path, manifest)
         items = shard_items(items, shard_index, num_shards)
         if len(items) == 0:
             raise bundle.BundleError(f"{path}: shard {shard_index} of {num_shards} holds no items")
-        config = {**ann.scann_config(len(items)), **manifest.raw.get("scann", {})}
-        searcher = ann.build_searcher(items.embeddings, config)
+        recorded = manifest.raw.get("scann") or {}
+        serialized = recorded.get("serialized")
+        if num_shards == 1 and serialized:
+            config = {**ann.scann_config(len(items)), **recorded}
+            searcher = _load_searcher(path, manifest, serialized, items)
+        else:
+            # The recorded parameters were chosen for the whole catalog, not this shard.
+            config = ann.scann_config(len(items)) if num_shards > 1 else {**ann.scann_config(len(items)), **recorded}
+            searcher = ann.build_searcher(items.embeddings, config)
         popular = np.argsort(-items.popularity, kind="stable")
         return ItemIndex(manifest.version, items, searcher, config, popular, manifest.genres)
 
     return load
+
+
+def _load_searcher(path: Path, manifest: bundle.Manifest, folder: str, items: bundle.ItemTable):
+    if not isinstance(folder, str) or not folder.strip("/"):
+        raise bundle.BundleError(f"{path}: manifest field scann.serialized must name a folder, got {folder!r}")
+    prefix = folder.rstrip("/") + "/"
+    if not any(name.startswith(prefix) for name in manifest.files):
+        raise bundle.BundleError(f"{path}: manifest says the searcher is in {prefix} but lists no file there")
+    searcher = ann.load_serialized(path / folder)  # its files were checksummed by bundle.validate
+    ann.check_matches(searcher, items.embeddings)
+    return searcher

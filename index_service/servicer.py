@@ -60,9 +60,8 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
         version, index = await self._model(request.model_version, context)
         items = index.items
         out = []
-        for item_id in request.item_ids:
-            row = items.row_of.get(item_id)
-            if row is None:
+        for item_id, row in zip(request.item_ids, items.row_of.rows(request.item_ids).tolist()):
+            if row < 0:
                 out.append(index_service_pb2.ItemEmbedding(item_id=item_id, found=False))
             else:
                 out.append(index_service_pb2.ItemEmbedding(
@@ -120,10 +119,8 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
                 filters.append(masks if any(masks) else None)
             else:
                 filters.append(None)
-            row_of = index.items.row_of
-            excluded.append(np.fromiter(
-                {row_of[item_id] for item_id in query.exclude_item_ids if item_id in row_of}, dtype=np.int64
-            ))
+            rows = index.items.row_of.rows(query.exclude_item_ids)
+            excluded.append(np.unique(rows[rows >= 0]))
         if not np.isfinite(vectors).all():
             bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
             raise InvalidRequest(f"queries[{bad}].vector holds NaN or Inf; every value must be finite")

@@ -42,7 +42,11 @@ class QueryServicer(ModelAdminMixin, query_service_pb2_grpc.QueryServiceServicer
         out: list[np.ndarray] = [None] * len(items)  # type: ignore[list-item]
         for version, rows in rows_by_tower.items():
             ids = [items[i][1] for i in rows]
-            vectors = await loop.run_in_executor(self._tf_thread, towers[version].embed, ids)
+            if len(items) == 1:
+                # Alone (an idle server): the thread hand-off would cost more than it frees.
+                vectors = towers[version].embed(ids)
+            else:
+                vectors = await loop.run_in_executor(self._tf_thread, towers[version].embed, ids)
             for i, vec in zip(rows, vectors):
                 out[i] = vec
         return out

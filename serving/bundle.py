@@ -254,6 +254,11 @@ def verify_files(bundle_dir: Path, manifest: Manifest, only: tuple[str, ...] | N
             raise BundleError(f"{path}: sha256 {actual[:12]}… does not match the manifest's {str(expected)[:12]}…")
 
 
+# Read-only string arrays are memory-mapped: a request touches only the rows it
+# returns, so a million titles need not be resident.
+_MAPPED = ("item_ids", "item_titles", "user_ids")
+
+
 def load_array(bundle_dir: Path, manifest: Manifest, name: str) -> np.ndarray:
     """Loads one array with its dtype and rank checked. Never unpickles."""
     kind, ndim = ARRAYS[name]
@@ -261,12 +266,51 @@ def load_array(bundle_dir: Path, manifest: Manifest, name: str) -> np.ndarray:
     if f"{name}.npy" not in manifest.files:
         raise BundleError(f"{path}: not listed in the manifest")
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False, mmap_mode="r" if name in _MAPPED else None)
     except (OSError, ValueError, EOFError) as exc:
         raise BundleError(f"{path}: unreadable ({exc})") from exc
     if array.dtype.kind != kind or array.ndim != ndim:
         raise BundleError(f"{path}: expected dtype kind {kind!r} with {ndim} dims, got {array.dtype} {array.shape}")
     return array
+
+
+class IdIndex(Mapping[str, int]):
+    """Id -> row over a string array, by binary search of a sorted copy.
+
+    A dict of a million Python strings costs ~160 MB; this costs the sorted
+    ids and an int64 permutation. ``rows(ids)`` looks many ids up at once.
+    """
+
+    def __init__(self, ids: np.ndarray):
+        self._order = np.argsort(ids, kind="stable")
+        self._sorted = np.asarray(ids)[self._order]
+
+    def duplicates(self) -> list[str]:
+        same = self._sorted[1:] == self._sorted[:-1]
+        return self._sorted[1:][same][:3].tolist()
+
+    def rows(self, ids) -> np.ndarray:
+        """int64 rows for ``ids`` (a sequence of str), -1 where an id is unknown."""
+        if len(ids) == 0 or len(self._sorted) == 0:
+            return np.full(len(ids), -1, dtype=np.int64)
+        wanted = np.asarray(ids, dtype=self._sorted.dtype)
+        pos = np.minimum(np.searchsorted(self._sorted, wanted), len(self._sorted) - 1)
+        found = self._sorted[pos] == wanted
+        # Ids longer than the array's fixed width were truncated by the cast: never a match.
+        found &= np.fromiter((len(i) <= self._sorted.dtype.itemsize // 4 for i in ids), dtype=bool, count=len(ids))
+        return np.where(found, self._order[pos], -1)
+
+    def __getitem__(self, item_id: str) -> int:
+        row = int(self.rows([item_id])[0])
+        if row < 0:
+            raise KeyError(item_id)
+        return row
+
+    def __iter__(self):
+        return iter(self._sorted.tolist())
+
+    def __len__(self) -> int:
+        return len(self._sorted)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,7 +322,7 @@ class ItemTable:
     genres: np.ndarray  # uint32 [n]
     popularity: np.ndarray  # float32 [n]
     embeddings: np.ndarray  # float32 [n, dim]
-    row_of: Mapping[str, int]  # item id -> row
+    row_of: IdIndex  # item id -> row
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -302,10 +346,9 @@ def load_items(bundle_dir: Path, manifest: Manifest) -> ItemTable:
             f"{bundle_dir}/item_embeddings.npy: {bad_rows.size} rows hold NaN or Inf (first: row {bad_rows[0]})"
         )
     ids = arrays["item_ids"]
-    row_of = {item_id: row for row, item_id in enumerate(ids.tolist())}
-    if len(row_of) != n:
-        uniq, counts = np.unique(ids, return_counts=True)
-        raise BundleError(f"{bundle_dir}/item_ids.npy: duplicate ids, e.g. {uniq[counts > 1][:3].tolist()}")
+    row_of = IdIndex(ids)
+    if duplicates := row_of.duplicates():
+        raise BundleError(f"{bundle_dir}/item_ids.npy: duplicate ids, e.g. {duplicates}")
     return ItemTable(
         ids=ids,
         titles=arrays["item_titles"],

@@ -29,19 +29,26 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, max_in_flight: int):
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
         method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None or handler.unary_unary is None:
+                return handler
+            wrapped = self._wrapped[method] = self._wrap(method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         exempt = method.startswith(EXEMPT_PREFIXES)
-        incoming_id = dict(handler_call_details.invocation_metadata or ()).get(request_id.HEADER, "")
         inner, decode = handler.unary_unary, handler.request_deserializer
 
         async def call(raw: bytes, context: grpc.aio.ServicerContext):
             started = time.perf_counter()
-            rid = incoming_id[: request_id.MAX_LENGTH] if incoming_id else request_id.new_id()
+            incoming = dict(context.invocation_metadata() or ()).get(request_id.HEADER, "")
+            rid = incoming[: request_id.MAX_LENGTH] if incoming else request_id.new_id()
             request_id.current.set(rid)  # each call runs in its own task: this stays per call
             context.set_trailing_metadata(((request_id.HEADER, rid),))
             code = "OK"

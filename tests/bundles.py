@@ -13,17 +13,29 @@ from pathlib import Path
 
 import numpy as np
 
-from serving import bundle
+from serving import ann, bundle
 
 GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
           "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
           "War", "Western"]
 
 
-def write_item_bundle(model_base: Path, n_items: int = 200, dim: int = 32, n_users: int = 20, seed: int = 0) -> Path:
+def write_item_bundle(
+    model_base: Path,
+    n_items: int = 200,
+    dim: int = 32,
+    n_users: int = 20,
+    seed: int = 0,
+    embeddings: np.ndarray | None = None,
+    with_searcher: bool = False,
+) -> Path:
+    """A complete bundle with random (or the given) item embeddings; optionally a serialized searcher."""
     rng = np.random.default_rng(seed)
+    if embeddings is None:
+        embeddings = rng.normal(size=(n_items, dim)).astype(np.float32)
+    n_items, dim = embeddings.shape
     with bundle.BundleStaging(model_base) as staging:
-        staging.save_array("item_embeddings", rng.normal(size=(n_items, dim)).astype(np.float32))
+        staging.save_array("item_embeddings", embeddings)
         staging.save_array("item_ids", np.array([str(i) for i in range(1, n_items + 1)]))
         staging.save_array("item_titles", np.array([f"Movie {i} ({1950 + i % 50})" for i in range(1, n_items + 1)]))
         staging.save_array("item_genres", (1 << rng.integers(0, len(GENRES), size=n_items)).astype(np.uint32))
@@ -36,9 +48,10 @@ def write_item_bundle(model_base: Path, n_items: int = 200, dim: int = 32, n_use
         staging.save_array("seen_items", seen.astype(np.int32))
         (staging.path / bundle.USER_TOWER).mkdir()
         (staging.path / bundle.USER_TOWER / "saved_model.pb").write_bytes(b"placeholder: index-only bundle")
-        return staging.publish(
-            {"embedding_dim": dim, "item_count": n_items, "user_count": n_users, "genres": GENRES, "metrics": {}}
-        )
+        fields = {"embedding_dim": dim, "item_count": n_items, "user_count": n_users, "genres": GENRES, "metrics": {}}
+        if with_searcher:
+            fields["scann"] = ann.write_searcher(staging.path, embeddings)
+        return staging.publish(fields)
 
 
 def clone_version(source: Path, model_base: Path, version: int) -> Path:

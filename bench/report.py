@@ -1,0 +1,103 @@
+"""Results out: JSON (everything), a markdown table (the headline figures), a PNG chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _fmt(value, digits=2):
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def markdown(results: dict) -> str:
+    lines = [f"# Benchmark results ({results['started_at']}, {results['machine']})", ""]
+    load = results.get("load", [])
+    if load:
+        lines += [
+            f"Load: h2load, unary `Recommend(user_id={results.get('user_id')!r}, k=10)`, each target alone on the "
+            "machine, `-c N -m 1` (N outstanding calls). CPU = server processes' CPU time / requests.",
+            "",
+            "| target | conc. | req/s | p50 ms | p99 ms | errors (gRPC) | CPU ms/req | CPU by process (ms/req) |",
+            "|---|---:|---:|---:|---:|---|---:|---|",
+        ]
+        for r in load:
+            errors = "n/a" if r["grpc_errors"] is None else f"{r['grpc_errors'] + r['http_failures']}"
+            by = ", ".join(f"{k} {v:.3f}" for k, v in r["cpu_ms_by_process"].items())
+            lines.append(
+                f"| {r['target']} | {r['concurrency']} | {_fmt(r['rps'], 0)} | {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} "
+                f"| {errors} ({r['grpc_check']}) | {_fmt(r['cpu_ms_per_request'], 3)} | {by} |"
+            )
+        lines.append("")
+    index = results.get("index")
+    if index:
+        ip = index["in_process"]
+        c = ip["config"]
+        lines += [
+            f"Index at {ip['items']:,} x {ip['dim']} (dot product, {ip['queries']} queries), one core:",
+            "",
+            "| measure | value |",
+            "|---|---:|",
+            f"| ScaNN config | {c.get('num_leaves')} leaves, {c.get('num_leaves_to_search')} searched, "
+            f"AH {c.get('dims_per_block')} dims/block, reorder {c.get('reorder')} |",
+            f"| recall@10 vs exact | {ip['recall_at_10']:.4f} |",
+            f"| ScaNN single-query q/s (µs/query) | {ip['scann_single_qps']:,} ({ip['scann_single_us']}) |",
+            f"| ScaNN batched q/s | {ip['scann_batched_qps']:,} |",
+            f"| numpy exact single / batched q/s | {ip['exact_numpy_single_qps']:,} / {ip['exact_numpy_batched_qps']:,} |",
+            f"| searcher load from bundle (in-process) | {ip['searcher_load_s']} s |",
+        ]
+        for key, label in (("serialized", "index service from serialized searcher"), ("rebuild", "index service rebuilding ScaNN"),
+                           ("baseline", "index service over MovieLens (interpreter baseline)")):
+            if key in index:
+                s = index[key]
+                lines.append(f"| {label}: start to SERVING / RSS | {s['seconds_to_serving']} s / {s['rss_mb']} MB |")
+        if "memory_budget_mb" in index:
+            lines.append(f"| memory budget: 3 x raw float32 + baseline | {index['memory_budget_mb']} MB |")
+        lines.append("")
+    if results.get("targets"):
+        lines += ["Targets:", "", "| target | figure | met |", "|---|---|---|"]
+        for t in results["targets"]:
+            lines.append(f"| {t['target']} | {t['figure']} | {'yes' if t['met'] else '**no**'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    load = results.get("load", [])
+    if not load:
+        return
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    labels = [f"{r['target']}\nc={r['concurrency']}" for r in load]
+    colors = ["#888888" if r["target"].startswith("echo") else "#1f77b4" if r["target"].startswith("stack") else "#d62728"
+              for r in load]
+    axes[0].bar(labels, [r["rps"] for r in load], color=colors)
+    axes[0].set_title("requests/s (higher is better)")
+    axes[1].bar(labels, [r["p99_ms"] for r in load], color=colors)
+    axes[1].set_title("p99 latency, ms (lower is better)")
+    axes[1].set_yscale("log")
+    axes[2].bar(labels, [r["cpu_ms_per_request"] for r in load], color=colors)
+    axes[2].set_title("server CPU ms per request")
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(f"recsys benchmark, {results['started_at']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: dict, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md", "png": out_dir / "results.png"}
+    paths["json"].write_text(json.dumps(results, indent=2, default=str) + "\n")
+    paths["markdown"].write_text(markdown(results) + "\n")
+    chart(results, paths["png"])
+    return paths

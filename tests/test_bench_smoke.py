@@ -1,0 +1,69 @@
+"""The benchmark's Python parts at tiny scale (no h2load): index measurements, service start-up, echo, report."""
+
+import json
+
+import grpc
+import numpy as np
+import pytest
+
+from bench import index_bench, load, report
+from bench.__main__ import sample_check, targets
+from bench.procs import Service, running
+from bench.synthetic import clustered_table, queries_like
+from recsys.v1 import gateway_pb2
+from test_ann import write_bundle
+
+pytestmark = pytest.mark.slow
+
+
+def test_synthetic_table_is_clustered_with_uneven_norms():
+    table = clustered_table(5000, dim=16, clusters=50)
+    norms = np.linalg.norm(table, axis=1)
+    assert table.dtype == np.float32 and table.shape == (5000, 16)
+    assert 0.05 < norms.std() / norms.mean() < 0.5
+    q = queries_like(table, 10)
+    assert np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-4)
+
+
+def test_grpc_frame():
+    assert load.grpc_frame(b"abc") == b"\x00\x00\x00\x00\x03abc"
+
+
+def test_index_measurements_on_a_small_catalog(tmp_path):
+    emb = clustered_table(25_000, dim=16, clusters=100)
+    bundle_dir = write_bundle(tmp_path / "models", emb)
+    result = index_bench.in_process(bundle_dir, queries=100)
+    assert result["items"] == 25_000 and result["config"]["serialized"] == "scann"
+    assert result["recall_at_10"] >= 0.8
+    assert result["scann_single_qps"] > 0 and result["exact_numpy_batched_qps"] > 0
+    startup = index_bench.service_startup(bundle_dir.parent)
+    assert startup["seconds_to_serving"] > 0 and startup["rss_mb"] > 10
+    rebuild_base = tmp_path / "rebuild"
+    rebuild_base.mkdir()
+    copy = index_bench.without_searcher(bundle_dir, rebuild_base)
+    assert not (copy / "scann").exists() and "scann" not in json.loads((copy / "manifest.json").read_text())
+    assert "scann" in json.loads((bundle_dir / "manifest.json").read_text())  # the original is untouched
+
+
+def test_echo_server_and_the_python_status_check():
+    request = gateway_pb2.RecommendRequest(user_id="1", k=10).SerializeToString()
+    echo = Service("bench.servers", ["--kind", "echo"])
+    with running(echo):
+        with grpc.insecure_channel(echo.address) as channel:
+            assert channel.unary_unary("/recsys.v1.Gateway/Recommend")(request, timeout=5) == request
+        assert sample_check(echo.address, request, parse=False, count=20) == (0, "Python client sample: 20/20 OK")
+        assert load.cpu_seconds(echo.proc.pid) > 0 and load.rss_bytes(echo.proc.pid) > 0
+
+
+def test_report_writes_json_markdown_and_png(tmp_path):
+    row = dict(target="stack (gateway)", concurrency=32, requests=100, http_failures=0, grpc_errors=0,
+               grpc_check="server counters", seconds=1.0, rps=100.0, p50_ms=1.0, p99_ms=2.0,
+               cpu_ms_per_request=1.0, cpu_ms_by_process={"gateway": 0.5, "query": 0.3, "index": 0.2})
+    results = {"started_at": "now", "machine": "test", "user_id": "1",
+               "load": [{**row, "target": "echo (floor)", "rps": 200.0}, row]}
+    results["targets"] = targets(results)
+    paths = report.write(results, tmp_path)
+    assert json.loads(paths["json"].read_text())["load"][1]["rps"] == 100.0
+    text = paths["markdown"].read_text()
+    assert "| stack (gateway) | 32 | 100 |" in text and "50% (100 vs 200)" in text
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
