@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402  (after the log-level setting above)
 
 _PROBE_ID = "__recsys_probe__"
+PRECOMPUTE_BATCH = 4096
 
 
 def configure_tensorflow(threads: int) -> None:
@@ -26,19 +27,31 @@ def configure_tensorflow(threads: int) -> None:
 class UserTower:
     """Embeds user ids with one model version.
 
-    ``embed(ids)`` takes n user ids and returns float32 [n, dim]; ids the model
-    has not seen get its out-of-vocabulary vector (``users`` tells them apart).
+    The tower is run once at load time over every user the model knows, so a
+    known user's vector is a table lookup (microseconds, no TensorFlow call);
+    ``embed`` runs the SavedModel for the rest (ids the model has not seen get
+    its out-of-vocabulary vector).
     """
 
     version: int
     dim: int
     users: bundle.UserTable
+    known_vectors: np.ndarray  # float32 [users, dim], row-aligned with users.ids
     _signature: object
     _saved_model: object  # keeps the signature's variables alive
 
     def embed(self, user_ids: list[str]) -> np.ndarray:
+        """float32 [n, dim] straight from the SavedModel."""
         outputs = self._signature(user_id=tf.constant(user_ids, dtype=tf.string))
         return outputs["embedding"].numpy()
+
+    def lookup(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 [n, dim] with rows of unknown users left zero, bool [n] known)."""
+        rows = self.users.row_of.rows(user_ids)
+        known = rows >= 0
+        vectors = np.zeros((len(user_ids), self.dim), dtype=np.float32)
+        vectors[known] = self.known_vectors[rows[known]]
+        return vectors, known
 
 
 def load_user_tower(path: Path, manifest: bundle.Manifest) -> UserTower:
@@ -61,6 +74,11 @@ def load_user_tower(path: Path, manifest: bundle.Manifest) -> UserTower:
             f"{path}/{bundle.USER_TOWER}: outputs shape {out.shape[1:]} per user, "
             f"but the item embeddings have dimension {manifest.embedding_dim}"
         )
-    if not np.isfinite(out).all():
+    ids = users.ids.tolist()
+    known_vectors = np.zeros((len(ids), manifest.embedding_dim), dtype=np.float32)
+    for start in range(0, len(ids), PRECOMPUTE_BATCH):
+        chunk = ids[start : start + PRECOMPUTE_BATCH]
+        known_vectors[start : start + len(chunk)] = signature(user_id=tf.constant(chunk))["embedding"].numpy()
+    if not np.isfinite(out).all() or not np.isfinite(known_vectors).all():
         raise bundle.BundleError(f"{path}/{bundle.USER_TOWER}: produces NaN/Inf embeddings")
-    return UserTower(manifest.version, manifest.embedding_dim, users, signature, saved)
+    return UserTower(manifest.version, manifest.embedding_dim, users, known_vectors, signature, saved)

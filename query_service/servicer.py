@@ -33,20 +33,15 @@ class QueryServicer(ModelAdminMixin, query_service_pb2_grpc.QueryServiceServicer
         )
 
     async def _embed_batch(self, items: list[tuple[UserTower, str]]) -> Sequence[np.ndarray]:
+        """One SavedModel call per model version in the gathered batch, on the TF thread."""
         loop = asyncio.get_running_loop()
-        towers: dict[int, UserTower] = {}
-        rows_by_tower: dict[int, list[int]] = {}
+        rows_by_version: dict[int, list[int]] = {}
         for i, (tower, _) in enumerate(items):
-            towers[tower.version] = tower
-            rows_by_tower.setdefault(tower.version, []).append(i)
+            rows_by_version.setdefault(tower.version, []).append(i)
         out: list[np.ndarray] = [None] * len(items)  # type: ignore[list-item]
-        for version, rows in rows_by_tower.items():
-            ids = [items[i][1] for i in rows]
-            if len(items) == 1:
-                # Alone (an idle server): the thread hand-off would cost more than it frees.
-                vectors = towers[version].embed(ids)
-            else:
-                vectors = await loop.run_in_executor(self._tf_thread, towers[version].embed, ids)
+        for rows in rows_by_version.values():
+            tower = items[rows[0]][0]
+            vectors = await loop.run_in_executor(self._tf_thread, tower.embed, [items[i][1] for i in rows])
             for i, vec in zip(rows, vectors):
                 out[i] = vec
         return out
@@ -72,17 +67,22 @@ class QueryServicer(ModelAdminMixin, query_service_pb2_grpc.QueryServiceServicer
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except VersionUnavailable as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        vectors = await self.batcher.submit([(tower, uid) for uid in user_ids])
+        vectors, known = tower.lookup(user_ids)
+        if not known.all():
+            # Users outside the precomputed table go through the SavedModel, batched
+            # with other callers' unknown users.
+            missing = np.flatnonzero(~known)
+            vectors[missing] = await self.batcher.submit([(tower, user_ids[i]) for i in missing])
         users = tower.users
         return query_service_pb2.EmbedUsersResponse(
             embeddings=[
                 query_service_pb2.UserEmbedding(
                     user_id=uid,
                     values=vec,
-                    known=uid in users,
+                    known=bool(is_known),
                     seen_item_ids=users.seen_item_ids(uid) if request.include_seen else (),
                 )
-                for uid, vec in zip(user_ids, vectors)
+                for uid, vec, is_known in zip(user_ids, vectors, known)
             ],
             model_version=str(version),
             dimension=tower.dim,

@@ -367,7 +367,7 @@ class UserTable:
     seen_indptr: np.ndarray  # int64 [u + 1]
     seen_items: np.ndarray  # int32 [nnz], item rows
     item_ids: np.ndarray  # str [n], to turn item rows into ids
-    row_of: Mapping[str, int]
+    row_of: IdIndex
 
     def __contains__(self, user_id: str) -> bool:
         return user_id in self.row_of
@@ -389,9 +389,9 @@ def load_users(bundle_dir: Path, manifest: Manifest) -> UserTable:
         raise BundleError(f"{bundle_dir}/seen_indptr.npy: not a valid CSR index for {len(ids)} users")
     if seen.size and (seen.min() < 0 or seen.max() >= manifest.item_count):
         raise BundleError(f"{bundle_dir}/seen_items.npy: item rows out of range 0..{manifest.item_count - 1}")
-    row_of = {user_id: row for row, user_id in enumerate(ids.tolist())}
-    if len(row_of) != len(ids):
-        raise BundleError(f"{bundle_dir}/user_ids.npy: duplicate user ids")
+    row_of = IdIndex(ids)
+    if duplicates := row_of.duplicates():
+        raise BundleError(f"{bundle_dir}/user_ids.npy: duplicate user ids, e.g. {duplicates}")
     return UserTable(ids=ids, seen_indptr=indptr.astype(np.int64), seen_items=seen, item_ids=arrays["item_ids"], row_of=row_of)
 
 
