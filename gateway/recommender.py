@@ -257,7 +257,8 @@ def _merge_top_k(results: Sequence[index_service_pb2.SearchResult], k: int) -> l
         r = results[0]
         return [Scored(i, t, s) for i, t, s in zip(r.item_ids[:k], r.titles[:k], r.scores[:k])]
     streams = [zip(r.scores, r.item_ids, r.titles) for r in results]
-    merged = heapq.merge(*streams, key=lambda row: -row[0])
+    # Equal scores are ordered by item id, as each index orders its own ties.
+    merged = heapq.merge(*streams, key=lambda row: (-row[0], row[1]))
     return [Scored(item_id, title, score) for score, item_id, title in itertools.islice(merged, k)]
 
 

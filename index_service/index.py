@@ -160,7 +160,7 @@ def make_loader(shard_index: int = 0, num_shards: int = 1):
             # The recorded parameters were chosen for the whole catalog, not this shard.
             config = ann.scann_config(len(items)) if num_shards > 1 else {**ann.scann_config(len(items)), **recorded}
             searcher = ann.build_searcher(items.embeddings, config)
-        popular = np.argsort(-items.popularity, kind="stable")
+        popular = bundle.popularity_order(items)
         return ItemIndex(manifest.version, items, searcher, config, popular, manifest.genres)
 
     return load

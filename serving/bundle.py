@@ -407,6 +407,11 @@ def validate(bundle_dir: Path, manifest: Manifest) -> tuple[ItemTable, UserTable
     return load_items(bundle_dir, manifest), load_users(bundle_dir, manifest)
 
 
+def popularity_order(items: ItemTable) -> np.ndarray:
+    """Rows most popular first; ties by item id, so every shard split merges to the same order."""
+    return np.lexsort((items.ids, -items.popularity))
+
+
 def shard_of(item_id: str, num_shards: int) -> int:
     """The shard (0-based) that holds ``item_id``: a stable hash, the same in every process."""
     return zlib.crc32(item_id.encode()) % num_shards

@@ -117,10 +117,6 @@ def help_text(*command: str) -> str:
     return " ".join(result.stdout.split())  # argparse wraps "[env NAME]" across lines
 
 
-def trainer_cli_exists() -> bool:
-    return (ROOT / "trainer" / "__main__.py").exists()
-
-
 def default_grace_period() -> float:
     parser = FlagParser(env_prefix="UNUSED_TEST_PREFIX_")
     add_server_flags(parser, default_port=1)
@@ -364,8 +360,6 @@ def test_every_env_var_is_a_flag_of_its_service(path):
 
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
 def test_trainer_cli_reads_the_compose_environment(path):
-    if not trainer_cli_exists():
-        pytest.skip("trainer/__main__.py (the trainer's command line) is not written yet")
     trainer = services(path)["trainer"]
     text = help_text("trainer", "train")
     for flag in trainer["command"][4:]:

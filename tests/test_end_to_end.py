@@ -8,6 +8,7 @@ import pytest
 
 from procs import Service, running
 from recsys.v1 import gateway_pb2 as pb, gateway_pb2_grpc
+from serving import bundle
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +67,7 @@ def test_exclude_seen_and_excluded_ids(live_stack):
 def test_unknown_user_gets_popular_fallback(live_stack):
     response = live_stack.stub.Recommend(pb.RecommendRequest(user_id="no-such-user", k=5), timeout=10)
     assert response.fallback
-    expected = [live_stack.items.ids[r] for r in np.argsort(-live_stack.items.popularity, kind="stable")[:5]]
+    expected = [live_stack.items.ids[r] for r in bundle.popularity_order(live_stack.items)[:5]]
     assert [i.item_id for i in response.items] == expected
 
 

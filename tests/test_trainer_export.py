@@ -1,0 +1,81 @@
+"""Round trip: a bundle trained by ``python -m trainer train`` read back with serving.bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving import bundle
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def published(trained_model_base: Path) -> tuple[Path, bundle.Manifest]:
+    versions = bundle.version_dirs(trained_model_base)
+    assert list(versions) == [1]
+    manifest = bundle.read_manifest(versions[1])
+    return versions[1], manifest
+
+
+def test_manifest_hashes_verify_and_fields_are_complete(published, small_movielens_dir: Path) -> None:
+    bundle_dir, manifest = published
+    bundle.verify_files(bundle_dir, manifest)
+    assert manifest.embedding_dim == 32 and manifest.item_count == 80
+    assert manifest.genres[0] == "unknown" and len(manifest.genres) == 19
+    training = manifest.raw["training"]
+    assert training["seed"] == 42 and training["test_fraction"] == 0.2 and training["epochs"] == 3
+    assert training["data_files"]["ratings"] == str(small_movielens_dir / "u.data")
+    assert len(training["data_sha256"]) == 64 and training["train_seconds"] > 0
+    metrics = manifest.raw["metrics"]
+    for protocol in ("all", "seen_excluded"):
+        assert 0 <= metrics[f"model/{protocol}/hr@10"] <= 1
+        assert 0 <= metrics[f"popularity/{protocol}/hr@10"] <= 1
+    assert set(f"factorized_top_k/top_{k}" for k in (1, 5, 10, 50, 100)) <= metrics.keys()
+    assert any(name.startswith("user_tower/") for name in manifest.files)
+    assert "evaluation/report.json" in manifest.files
+
+
+def test_arrays_load_with_the_serving_readers(published, small_movielens_dir: Path) -> None:
+    bundle_dir, manifest = published
+    items = bundle.load_items(bundle_dir, manifest)
+    users = bundle.load_users(bundle_dir, manifest)
+    assert items.ids.tolist() == [str(i) for i in range(1, 81)]
+    assert items.embeddings.shape == (80, 32) and items.embeddings.dtype == np.float32
+    assert items.popularity.sum() == pytest.approx(1.0, abs=1e-4)
+    assert items.genres.dtype == np.uint32 and (items.genres > 0).all()
+    assert users.ids.tolist() == sorted(users.ids.tolist()) and len(users.ids) == manifest.user_count
+    # The seen lists are exactly the training split: test pairs never appear in them.
+    test_lines = (bundle_dir / "evaluation" / "test_interactions.tsv").read_text().splitlines()
+    assert test_lines[0] == "user_id\titem_id" and len(test_lines) > 300
+    seen_pairs = {(u, i) for u in users.ids.tolist() for i in users.seen_item_ids(u)}
+    test_pairs = {tuple(line.split("\t")) for line in test_lines[1:]}
+    total = len((small_movielens_dir / "u.data").read_text().splitlines())
+    assert len(seen_pairs) + len(test_pairs) == total
+    assert not seen_pairs & test_pairs
+
+
+def test_user_tower_signature_matches_the_table(published) -> None:
+    import tensorflow as tf
+
+    bundle_dir, manifest = published
+    users = bundle.load_users(bundle_dir, manifest)
+    signature = tf.saved_model.load(str(bundle_dir / bundle.USER_TOWER)).signatures["serving_default"]
+    assert list(signature.structured_input_signature[1]) == ["user_id"]
+    ids = tf.constant([users.ids[0], "no-such-user"])
+    embedding = signature(user_id=ids)["embedding"]
+    assert embedding.dtype == tf.float32 and embedding.shape == (2, manifest.embedding_dim)
+    assert np.isfinite(embedding.numpy()).all()
+    assert not np.allclose(embedding.numpy()[0], embedding.numpy()[1])  # a known user is not the OOV vector
+
+
+def test_report_matches_the_manifest(published) -> None:
+    bundle_dir, manifest = published
+    report = json.loads((bundle_dir / "evaluation" / "report.json").read_text())
+    assert report["model"]["seen_excluded"][9] == pytest.approx(manifest.raw["metrics"]["model/seen_excluded/hr@10"])
+    # Keras' FactorizedTopK ranks every movie for each test pair, like the "all" protocol.
+    assert report["model"]["all"][9] == pytest.approx(manifest.raw["metrics"]["factorized_top_k/top_10"], abs=0.02)
+    assert (bundle_dir / "evaluation" / "hr_at_k.png").stat().st_size > 1000

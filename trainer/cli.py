@@ -1,0 +1,167 @@
+"""Command line: ``python -m trainer [train|evaluate|synthetic] ...`` (default: train).
+
+Flags default from environment variables where one is named in the help.
+Input errors (missing or malformed data, an unusable bundle) print one line to
+stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from trainer.config import ModelConfig, TrainConfig
+from trainer.data import DataError
+
+COMMANDS = ("train", "evaluate", "synthetic")
+DEFAULT_MODEL_BASE = "./models/movielens"
+EXIT_INPUT_ERROR = 2
+
+
+def _model_base_default() -> str:
+    return os.environ.get("MODEL_BASE") or DEFAULT_MODEL_BASE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    train_defaults, model_defaults = TrainConfig(), ModelConfig()
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", metavar="{train,evaluate,synthetic}")
+
+    train = commands.add_parser("train", help="train on MovieLens and publish a bundle (the default command)")
+    train.add_argument("--data-dir", type=Path, default=None,
+                       help="folder with u.data, u.item, u.user, u.genre [env ML100K_DIR]; without either, the "
+                            "official archive is downloaded once into $RECSYS_CACHE_DIR or ~/.cache/recsys")
+    train.add_argument("--ratings-file", type=Path, default=None,
+                       help="ratings in the u.data format, used instead of <data dir>/u.data")
+    train.add_argument("--model-base", type=Path, default=_model_base_default(),
+                       help="where versions are published [env MODEL_BASE] (default %(default)s)")
+    train.add_argument("--if-missing", action="store_true",
+                       help="do nothing if the model base already holds a published version "
+                            "(for deployments that must not retrain on every start)")
+    train.add_argument("--test-fraction", type=float, default=train_defaults.test_fraction,
+                       help="share of ratings held out for evaluation; 0 trains on all (default %(default)s)")
+    train.add_argument("--validation-fraction", type=float, default=train_defaults.validation_fraction,
+                       help="share of the training ratings used for early stopping; 0 disables it "
+                            "(default %(default)s)")
+    train.add_argument("--seed", type=int, default=train_defaults.seed, help="split and initialisation seed")
+    train.add_argument("--epochs", type=int, default=train_defaults.epochs, help="maximum epochs (default %(default)s)")
+    train.add_argument("--patience", type=int, default=train_defaults.patience,
+                       help="epochs without validation improvement before stopping (default %(default)s)")
+    train.add_argument("--batch-size", type=int, default=train_defaults.batch_size, help="default %(default)s")
+    train.add_argument("--learning-rate", type=float, default=train_defaults.learning_rate, help="AdamW, default %(default)s")
+    train.add_argument("--weight-decay", type=float, default=train_defaults.weight_decay, help="AdamW, default %(default)s")
+    train.add_argument("--embedding-dim", type=int, default=model_defaults.embedding_dim,
+                       help="output size of both towers (default %(default)s)")
+    train.add_argument("--history-dropout", type=float, default=model_defaults.history_dropout,
+                       help="share of each user's history dropped per training example (default %(default)s)")
+    train.add_argument("--logq-weight", type=float, default=model_defaults.logq_weight,
+                       help="exponent on the in-batch sampling probability for the logQ correction; "
+                            "0 disables it (default %(default)s)")
+
+    evaluate = commands.add_parser("evaluate", help="recompute HR@K for a published bundle")
+    where = evaluate.add_mutually_exclusive_group()
+    where.add_argument("--bundle", type=Path, help="a published version folder")
+    where.add_argument("--model-base", type=Path, default=_model_base_default(),
+                       help="use the newest version under this folder [env MODEL_BASE] (default %(default)s)")
+    evaluate.add_argument("--out", type=Path, default=None,
+                          help="also write report.json and hr_at_k.png here (never into the bundle)")
+
+    synthetic = commands.add_parser("synthetic", help="publish a synthetic bundle for benchmarks")
+    synthetic.add_argument("--model-base", type=Path, required=True)
+    synthetic.add_argument("--items", type=int, default=1_000_000)
+    synthetic.add_argument("--users", type=int, default=1000)
+    synthetic.add_argument("--dim", type=int, default=32)
+    synthetic.add_argument("--clusters", type=int, default=1000)
+    synthetic.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise DataError(f"--{name} must be positive, got {value}")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from serving.bundle import version_dirs
+    from trainer.data import load_movielens, resolve_data_dir
+
+    if args.if_missing and (versions := version_dirs(args.model_base)):
+        print(f"{args.model_base} already holds version {max(versions)}; --if-missing: not training")
+        return 0
+
+    for name in ("epochs", "batch_size", "learning_rate", "embedding_dim"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    for name in ("test_fraction", "validation_fraction"):
+        if not 0 <= getattr(args, name) < 1:
+            raise DataError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
+    config = TrainConfig(
+        test_fraction=args.test_fraction,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+        epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        model=ModelConfig(
+            embedding_dim=args.embedding_dim, history_dropout=args.history_dropout, logq_weight=args.logq_weight
+        ),
+    )
+    data_dir = resolve_data_dir(args.data_dir)
+    print(f"data: {data_dir}" + (f" (ratings: {args.ratings_file})" if args.ratings_file else ""))
+    print(f"model base: {args.model_base}")
+    print(f"config: {dataclasses.asdict(config)}", flush=True)
+    ml = load_movielens(data_dir, args.ratings_file)
+    print(f"{len(ml.ratings)} ratings, {len(ml.users)} users, {len(ml.items)} movies", flush=True)
+    from trainer.train import train  # TensorFlow is imported only once the data is known to be good
+
+    result = train(ml, config, args.model_base, verbose=1 if sys.stdout.isatty() else 2)
+    print(f"published {result.bundle}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from serving.bundle import BundleError, version_dirs
+    from trainer.evaluate import bundle_report, format_table, write_report
+
+    bundle = args.bundle
+    if bundle is None:
+        versions = version_dirs(args.model_base)
+        if not versions:
+            raise BundleError(f"{args.model_base}: no published versions; train one with 'python -m trainer train'")
+        bundle = versions[max(versions)]
+    print(f"bundle: {bundle}", flush=True)
+    report = bundle_report(bundle)
+    print(format_table(report))
+    if args.out is not None:
+        write_report(report, args.out)
+        print(f"wrote {args.out / 'report.json'} and {args.out / 'hr_at_k.png'}")
+    return 0
+
+
+def run_synthetic(args: argparse.Namespace) -> int:
+    from trainer.synthetic import SyntheticConfig, write_synthetic_bundle
+
+    for name in ("items", "users", "dim", "clusters"):
+        _positive(name, getattr(args, name))
+    config = SyntheticConfig(items=args.items, users=args.users, dim=args.dim, clusters=args.clusters, seed=args.seed)
+    print(f"published {write_synthetic_bundle(args.model_base, config)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv.insert(0, "train")
+    args = build_parser().parse_args(argv)
+    from serving.bundle import BundleError
+
+    try:
+        return {"train": run_train, "evaluate": run_evaluate, "synthetic": run_synthetic}[args.command](args)
+    except (DataError, BundleError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR

@@ -1,0 +1,33 @@
+"""Training and model hyper-parameters. No TensorFlow import, so the CLI can
+parse flags and validate data before paying for it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and loss settings (see trainer.model)."""
+
+    embedding_dim: int = 32  # output of both towers; their dot product is the score
+    id_dim: int = 32  # user-id and movie-id embeddings
+    history_dim: int = 32  # pooled watch-history embedding
+    feature_dim: int = 8  # each categorical side feature
+    history_dropout: float = 0.5  # share of history movies dropped per training example
+    logq_weight: float = 1.0  # exponent on the sampling probability: 1 = full logQ correction
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Split and optimisation settings; see ``python -m trainer train --help``."""
+
+    test_fraction: float = 0.2
+    validation_fraction: float = 0.05
+    seed: int = 42
+    epochs: int = 30
+    patience: int = 3
+    batch_size: int = 1024
+    learning_rate: float = 0.01
+    weight_decay: float = 0.0
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

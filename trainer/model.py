@@ -1,0 +1,173 @@
+"""The two-tower retrieval model (TensorFlow Recommenders).
+
+Query tower:     user_id: tf.string [batch] -> tf.float32 [batch, embedding_dim]
+Candidate tower: item_id: tf.string [batch] -> tf.float32 [batch, embedding_dim]
+Score:           dot product of the two.
+
+Each tower looks its id up with a StringLookup (unknown ids -> row 0) and
+gathers that row's features from tables baked into the tower (see
+trainer.features), so both towers are functions of the id alone and the
+exported user tower needs nothing else.
+
+The query tower pools the embeddings of the user's watch history. In training
+the movie being predicted is removed from that pool (like EASE's zero
+diagonal) and a share of the rest is dropped at random (like a denoising
+autoencoder), so the tower learns to predict a movie from the *other* movies a
+user watched instead of copying its input.
+
+The loss is TFRS's in-batch softmax (``tfrs.tasks.Retrieval``) with the logits
+corrected by the log of each candidate's sampling probability: in-batch
+negatives are drawn in proportion to popularity, and without the correction
+the model learns to under-rank popular movies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras as keras
+
+from trainer.config import ModelConfig
+from trainer.features import Csr, ItemFeatures, UserFeatures
+
+
+def _ragged_rows(table: Csr) -> tf.RaggedTensor:
+    return tf.RaggedTensor.from_row_splits(tf.constant(table.values), tf.constant(table.splits))
+
+
+def _mean_pooled(embedding: keras.layers.Embedding, rows: tf.RaggedTensor) -> tf.Tensor:
+    """Mean of ``embedding`` over each ragged row: int [batch, None] -> float32 [batch, dim].
+
+    Empty rows give zeros.
+    """
+    vectors = tf.RaggedTensor.from_row_splits(embedding(rows.flat_values), rows.row_splits)
+    count = tf.cast(tf.expand_dims(rows.row_lengths(), 1), tf.float32)
+    return tf.reduce_sum(vectors, axis=1) / tf.maximum(count, 1.0)
+
+
+def _embedding(rows: int, dim: int, name: str) -> keras.layers.Embedding:
+    return keras.layers.Embedding(
+        rows, dim, embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05), name=name
+    )
+
+
+class QueryTower(keras.Model):
+    """user_id: tf.string [batch] -> tf.float32 [batch, embedding_dim].
+
+    A linear projection of: the user-id embedding, age bucket, gender,
+    occupation and zip prefix embeddings, and the mean embedding of the movies
+    in the user's watch history. ``held_out_item_ids`` (tf.string [batch])
+    removes that movie from each user's history; pass the training targets.
+    """
+
+    def __init__(self, users: UserFeatures, item_ids: np.ndarray, config: ModelConfig):
+        super().__init__(name="query_tower")
+        self._history_dropout = config.history_dropout
+        self.user_lookup = keras.layers.StringLookup(vocabulary=users.ids.tolist(), mask_token=None, name="user_lookup")
+        self.item_lookup = keras.layers.StringLookup(vocabulary=item_ids.tolist(), mask_token=None, name="item_lookup")
+        self._age = tf.constant(users.age_bucket)
+        self._gender = tf.constant(users.gender)
+        self._occupation = tf.constant(users.occupation)
+        self._zip = tf.constant(users.zip_prefix)
+        self.set_history(users.history)
+        fdim = config.feature_dim
+        self.user_embedding = _embedding(len(users.ids) + 1, config.id_dim, "user_id")
+        self.age_embedding = _embedding(users.age_bucket_size, fdim, "age")
+        self.gender_embedding = _embedding(users.gender_size, fdim, "gender")
+        self.occupation_embedding = _embedding(users.occupation_size, fdim, "occupation")
+        self.zip_embedding = _embedding(users.zip_prefix_size, fdim, "zip_prefix")
+        self.history_embedding = _embedding(len(item_ids) + 1, config.history_dim, "history")
+        self.projection = keras.layers.Dense(config.embedding_dim, name="projection")
+
+    def set_history(self, history: Csr) -> None:
+        """Replaces the watch histories (Csr over users + 1 rows of 1-based item rows).
+
+        Takes effect for functions traced afterwards (eager calls, a new export).
+        """
+        self._history = _ragged_rows(history)
+
+    def call(self, user_ids: tf.Tensor, held_out_item_ids: tf.Tensor | None = None, training=None) -> tf.Tensor:
+        rows = self.user_lookup(user_ids)
+        history = tf.gather(self._history, rows)
+        if held_out_item_ids is not None:
+            held_out = tf.cast(self.item_lookup(held_out_item_ids), history.dtype)
+            history = tf.ragged.boolean_mask(history, tf.not_equal(history, tf.expand_dims(held_out, 1)))
+        if training and self._history_dropout > 0:
+            keep = tf.random.uniform(tf.shape(history.flat_values)) >= self._history_dropout
+            history = tf.ragged.boolean_mask(history, history.with_flat_values(keep))
+        parts = [
+            self.user_embedding(rows),
+            self.age_embedding(tf.gather(self._age, rows)),
+            self.gender_embedding(tf.gather(self._gender, rows)),
+            self.occupation_embedding(tf.gather(self._occupation, rows)),
+            self.zip_embedding(tf.gather(self._zip, rows)),
+            _mean_pooled(self.history_embedding, history),
+        ]
+        return self.projection(tf.concat(parts, axis=1))
+
+
+class CandidateTower(keras.Model):
+    """item_id: tf.string [batch] -> tf.float32 [batch, embedding_dim].
+
+    A linear projection of: the movie-id embedding, its genres (multi-hot
+    through a linear layer), release-year bucket embedding and the mean
+    embedding of its title tokens.
+    """
+
+    def __init__(self, items: ItemFeatures, config: ModelConfig):
+        super().__init__(name="candidate_tower")
+        self.item_lookup = keras.layers.StringLookup(vocabulary=items.ids.tolist(), mask_token=None, name="item_lookup")
+        self._genres = tf.constant(items.genres)
+        self._year = tf.constant(items.year_bucket)
+        self._title = _ragged_rows(items.title_tokens)
+        fdim = config.feature_dim
+        self.item_embedding = _embedding(len(items.ids) + 1, config.id_dim, "item_id")
+        self.genre_projection = keras.layers.Dense(fdim, use_bias=False, name="genres")
+        self.year_embedding = _embedding(items.year_bucket_size, fdim, "year")
+        self.title_embedding = _embedding(items.token_count, fdim * 2, "title_tokens")
+        self.projection = keras.layers.Dense(config.embedding_dim, name="projection")
+
+    def call(self, item_ids: tf.Tensor) -> tf.Tensor:
+        rows = self.item_lookup(item_ids)
+        parts = [
+            self.item_embedding(rows),
+            self.genre_projection(tf.gather(self._genres, rows)),
+            self.year_embedding(tf.gather(self._year, rows)),
+            _mean_pooled(self.title_embedding, tf.gather(self._title, rows)),
+        ]
+        return self.projection(tf.concat(parts, axis=1))
+
+
+class TwoTowerModel(tfrs.Model):
+    """Trains both towers on batches of positive (user, movie) pairs.
+
+    Batch features: ``user_id``, ``item_id``: tf.string [batch];
+    ``item_probability``: tf.float32 [batch], the movie's share of the
+    training interactions (its chance of being an in-batch negative).
+    ``evaluate()`` also reports FactorizedTopK: top-1/5/10/50/100 accuracy
+    over the whole catalog (``item_ids``), seen movies not excluded.
+    """
+
+    def __init__(self, query_tower: QueryTower, candidate_tower: CandidateTower, item_ids: np.ndarray, config: ModelConfig):
+        super().__init__()
+        self.query_tower = query_tower
+        self.candidate_tower = candidate_tower
+        self._logq_weight = config.logq_weight
+        catalog = tf.data.Dataset.from_tensor_slices(item_ids).batch(1024)
+        self.task = tfrs.tasks.Retrieval(
+            metrics=tfrs.metrics.FactorizedTopK(candidates=catalog.map(lambda ids: (ids, candidate_tower(ids)))),
+            remove_accidental_hits=True,
+        )
+
+    def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        queries = self.query_tower(features["user_id"], held_out_item_ids=features["item_id"], training=training)
+        candidates = self.candidate_tower(features["item_id"])
+        return self.task(
+            queries,
+            candidates,
+            candidate_sampling_probability=tf.pow(features["item_probability"], self._logq_weight),
+            candidate_ids=features["item_id"],
+            compute_metrics=not training,
+            compute_batch_metrics=False,
+        )
