@@ -74,9 +74,14 @@ class Recommender:
         batch_wait_us: int,
         concurrency: int,
         default_timeout_s: float,
+        query_target: str = "",
+        index_targets: Sequence[str] = (),
     ):
         self.query = query
         self.index_shards = list(index_shards)
+        # Only for status reports: where each peer was reached.
+        self.query_target = query_target
+        self.index_targets = list(index_targets) or [""] * len(self.index_shards)
         self.default_timeout_s = default_timeout_s
         self._pinned: tuple[str, float] | None = None
         self.batcher: MicroBatcher[RecRequest, RecResult] = MicroBatcher(
@@ -219,17 +224,22 @@ class Recommender:
     # ------------------------------------------------------------------ status
 
     async def peer_status(self, timeout: float) -> list[common_pb2.ServiceModelStatus]:
+        """Each peer's own status, tagged with the target the gateway reaches it at."""
         request = common_pb2.GetModelStatusRequest()
-        peers = [("recsys.v1.QueryService", self.query)] + [("recsys.v1.IndexService", s) for s in self.index_shards]
+        peers = [("recsys.v1.QueryService", self.query_target, self.query)] + [
+            ("recsys.v1.IndexService", target, stub) for target, stub in zip(self.index_targets, self.index_shards)
+        ]
 
-        async def one(name, stub):
+        async def one(name, target, stub):
             try:
                 response = await _call(name, stub.GetModelStatus, request, timeout)
             except PeerError as exc:
-                return [common_pb2.ServiceModelStatus(service=name, error=str(exc))]
+                return [common_pb2.ServiceModelStatus(service=name, address=target, error=str(exc))]
+            for status in response.services:
+                status.address = target
             return list(response.services)
 
-        return [s for group in await asyncio.gather(*(one(n, s) for n, s in peers)) for s in group]
+        return [s for group in await asyncio.gather(*(one(*peer) for peer in peers)) for s in group]
 
 
 @dataclasses.dataclass(frozen=True)

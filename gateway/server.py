@@ -28,7 +28,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.flag("--batch-concurrency", 2, int, "batches in flight at once (fewer: larger batches, less CPU)")
     parser.flag("--max-batch-request", 1000, int, "most requests in one RecommendBatch call")
     parser.flag("--default-timeout", 5.0, float, "seconds allowed for the inner calls when the caller sets no deadline")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not any(target.strip() for target in args.index_targets.split(";")):
+        parser.error("--index-targets needs at least one target, e.g. 127.0.0.1:50053")
+    return args
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -41,10 +44,9 @@ async def serve(args: argparse.Namespace) -> None:
 
     credentials = tls.channel_credentials(args.peer_tls_ca, args.peer_tls_cert, args.peer_tls_key)
     query_channel = open_channel(args.query_target, "recsys.v1.QueryService", args.max_message_bytes, credentials)
+    index_targets = [target.strip() for target in args.index_targets.split(";") if target.strip()]
     index_channels = [
-        open_channel(target.strip(), "recsys.v1.IndexService", args.max_message_bytes, credentials)
-        for target in args.index_targets.split(";")
-        if target.strip()
+        open_channel(target, "recsys.v1.IndexService", args.max_message_bytes, credentials) for target in index_targets
     ]
     recommender = Recommender(
         query_service_pb2_grpc.QueryServiceStub(query_channel),
@@ -53,6 +55,8 @@ async def serve(args: argparse.Namespace) -> None:
         batch_wait_us=args.batch_wait_us,
         concurrency=args.batch_concurrency,
         default_timeout_s=args.default_timeout,
+        query_target=args.query_target,
+        index_targets=index_targets,
     )
     servicer = GatewayServicer(recommender, max_batch_request=args.max_batch_request)
     server = GrpcServer(args, [servicer.service_name])

@@ -13,8 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serving.healthcheck import check
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,14 +33,7 @@ def service_env(**overrides: str) -> dict[str, str]:
 
 
 def health_status(address: str, service: str = "", timeout: float = 1.0) -> str:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
-            )
-        except grpc.RpcError as exc:
-            return exc.code().name
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    return check(address, service, timeout_s=timeout)
 
 
 class Service:

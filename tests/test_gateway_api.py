@@ -119,3 +119,5 @@ def test_model_status_aggregates_peers(live_stack):
         [v] = by_service[name].versions
         assert v.version == version and v.is_default and v.state == common_pb2.MODEL_VERSION_STATE_AVAILABLE
     assert by_service["recsys.v1.IndexService"].versions[0].size == len(live_stack.items)
+    assert by_service["recsys.v1.IndexService"].address == live_stack.index.address
+    assert by_service["recsys.v1.QueryService"].address == live_stack.query.address
