@@ -89,5 +89,7 @@ def _interrupt(signum, frame):
 
 
 if __name__ == "__main__":
+    # Explicitly: a shell that starts us in the background leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     sys.exit(main())
