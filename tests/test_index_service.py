@@ -57,6 +57,17 @@ def test_index_service_never_imports_tensorflow(model_base):
     assert out.stdout.split() == ["300", "False"]
 
 
+def test_gateway_never_imports_tensorflow():
+    code = (
+        "import sys\n"
+        "import gateway.server, gateway.servicer, gateway.recommender, gateway.peers, gateway.cli\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=service_env(), cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False"]
+
+
 def test_search_matches_exact_scores(index, items):
     rng = np.random.default_rng(0)
     queries = rng.normal(size=(5, 32)).astype(np.float32)
