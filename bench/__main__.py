@@ -37,24 +37,38 @@ def run_module(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, text=True, capture_output=True, **kwargs)
 
 
-def ensure_bundle(model_base: Path, data_dir: Path, items: int | None = None) -> tuple[Path, str]:
-    """The newest bundle under model_base; trains one (or writes a stand-in) if there is none."""
-    if bundle.version_dirs(model_base):
-        path = bundle.version_dirs(model_base)[max(bundle.version_dirs(model_base))]
-        return path, "existing bundle" + (" (stand-in tower)" if "stand_in" in bundle.read_manifest(path).raw else "")
-    if items is None and run_module(["trainer", "--help"]).returncode == 0:
-        log(f"training a bundle into {model_base}")
-        out = run_module(["trainer", "train", "--model-base", str(model_base), "--data-dir", str(data_dir)])
-        if out.returncode == 0 and bundle.version_dirs(model_base):
-            return bundle.version_dirs(model_base)[max(bundle.version_dirs(model_base))], "trained (python -m trainer train)"
-        log(f"trainer failed ({out.returncode}); falling back to a stand-in bundle:\n{out.stderr[-2000:]}")
-    log(f"writing a stand-in bundle ({items or 'MovieLens'} items) into {model_base}")
-    cmd = ["bench.standin", "--model-base", str(model_base), "--data-dir", str(data_dir)]
-    out = run_module(cmd + (["--items", str(items)] if items else []))
-    if out.returncode != 0:
-        raise SystemExit(f"bench.standin failed:\n{out.stderr[-3000:]}")
-    path = Path(out.stdout.strip().splitlines()[-1])
-    return path, "stand-in bundle (bench.standin: untrained user tower of the trained shape)"
+def newest(model_base: Path) -> Path | None:
+    versions = bundle.version_dirs(model_base)
+    return versions[max(versions)] if versions else None
+
+
+def ensure_bundle(model_base: Path, data_dir: Path) -> tuple[Path, str]:
+    """The newest bundle under model_base; trains one there (``python -m trainer train``) if there is none."""
+    if (path := newest(model_base)) is not None:
+        training = bundle.read_manifest(path).raw.get("training") or {}
+        if "synthetic" in training or "stand_in" in bundle.read_manifest(path).raw:
+            raise SystemExit(f"{path} is not a trained bundle: the stack and TFRS runs need one (python -m trainer train)")
+        return path, "existing trained bundle"
+    log(f"training a bundle into {model_base}")
+    out = run_module(["trainer", "train", "--model-base", str(model_base), "--data-dir", str(data_dir)])
+    if out.returncode != 0 or (path := newest(model_base)) is None:
+        raise SystemExit(f"python -m trainer train failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return path, "trained (python -m trainer train)"
+
+
+def ensure_synthetic_bundle(model_base: Path, items: int) -> tuple[Path, str]:
+    """The newest bundle under model_base; writes a synthetic one of ``items`` items if there is none."""
+    if (path := newest(model_base)) is not None:
+        synthetic = (bundle.read_manifest(path).raw.get("training") or {}).get("synthetic")
+        return path, f"existing bundle ({'synthetic: ' + str(synthetic) if synthetic else 'not synthetic'})"
+    # 1 cluster per 500 items (2000 at 1M), as in the ScaNN sweep of bench/README.md.
+    cmd = ["trainer", "synthetic", "--items", str(items), "--clusters", str(max(20, items // 500)),
+           "--model-base", str(model_base)]
+    log(f"writing a synthetic bundle: python -m {' '.join(cmd)}")
+    out = run_module(cmd)
+    if out.returncode != 0 or (path := newest(model_base)) is None:
+        raise SystemExit(f"python -m trainer synthetic failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return path, f"synthetic (python -m {' '.join(cmd[:-2])})"
 
 
 def sample_check(address: str, request: bytes, parse: bool, count: int = 100) -> tuple[int, str]:
@@ -104,7 +118,7 @@ def load_section(args, bundle_dir: Path, user_id: str) -> list[dict]:
 
 def index_section(args, work: Path, baseline_base: Path) -> dict:
     base = Path(args.index_model_base) if args.index_model_base else work / "index-models"
-    bundle_dir, origin = ensure_bundle(base, Path(args.data_dir), items=args.items)
+    bundle_dir, origin = ensure_synthetic_bundle(base, args.items)
     log(f"index bundle: {bundle_dir} ({origin})")
     out: dict = {"bundle": str(bundle_dir), "origin": origin}
     log("index in-process: recall, single and batched rates, exact numpy")
@@ -169,14 +183,14 @@ def targets(results: dict) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model-base", default="", help="bundle folder for the stack and TFRS runs (default: train one in a temp folder)")
+    parser.add_argument("--model-base", default="", help="folder of a trained bundle for the stack and TFRS runs; one is trained there if it holds none (default: a temp folder)")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "ml-100k"), help="MovieLens 100k")
     parser.add_argument("--user-id", default="", help="user of the Recommend requests (default: one drawn from the bundle)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each measured h2load run")
     parser.add_argument("--items", type=int, default=1_000_000, help="catalog size of the index benchmark")
     parser.add_argument("--index-queries", type=int, default=1000)
-    parser.add_argument("--index-model-base", default="", help="reuse this folder's bundle for the index benchmark")
+    parser.add_argument("--index-model-base", default="", help="reuse this folder's bundle for the index benchmark (written there by python -m trainer synthetic if it holds none)")
     parser.add_argument("--skip-load", action="store_true", help="no h2load runs (index benchmark only)")
     parser.add_argument("--skip-index", action="store_true")
     parser.add_argument("--skip-tfrs", action="store_true")

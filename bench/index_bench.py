@@ -12,8 +12,8 @@ import numpy as np
 
 from bench import load
 from bench.procs import Service
-from bench.synthetic import queries_like
 from serving import ann, bundle
+from trainer.synthetic import queries_like
 
 
 def exact_top(queries: np.ndarray, embeddings: np.ndarray, k: int, chunk: int = 64) -> np.ndarray:

@@ -77,6 +77,7 @@ class LoadResult:
     p99_ms: float
     cpu_ms_per_request: float
     cpu_ms_by_process: dict[str, float]
+    load_avg_1m: float | None = None  # the machine's 1-minute load average right after the run (2 cores)
 
 
 def h2load(address: str, path: str, message: bytes, *, requests: int, concurrency: int, timeout_s: int = 30):
@@ -130,4 +131,5 @@ def measure(target: str, address: str, path: str, message: bytes, *, pids: dict[
         p50_ms=round(float(np.percentile(latencies, 50)), 3) if len(latencies) else float("nan"),
         p99_ms=round(float(np.percentile(latencies, 99)), 3) if len(latencies) else float("nan"),
         cpu_ms_per_request=round(sum(cpu.values()), 4), cpu_ms_by_process={k: round(v, 4) for k, v in cpu.items()},
+        load_avg_1m=round(os.getloadavg()[0], 2),
     )

@@ -16,21 +16,28 @@ def _fmt(value, digits=2):
 
 def markdown(results: dict) -> str:
     lines = [f"# Benchmark results ({results['started_at']}, {results['machine']})", ""]
+    if results.get("command"):
+        lines += [f"Command: `OPENBLAS_NUM_THREADS=1 {results['command']}`. Bundle: {results.get('bundle', 'n/a')}."]
+    if results.get("load_averages_at_start"):
+        avg = lambda key: " / ".join(f"{v:.2f}" for v in results.get(key) or [])  # noqa: E731
+        lines += [f"Load averages (1/5/15 min, 2 cores) at start {avg('load_averages_at_start')}, "
+                  f"at end {avg('load_averages_at_end')}; load 1m below is right after each run, and includes the "
+                  "benchmark's own processes (a stack at c=32 alone keeps it near 2-3).", ""]
     load = results.get("load", [])
     if load:
         lines += [
             f"Load: h2load, unary `Recommend(user_id={results.get('user_id')!r}, k=10)`, each target alone on the "
             "machine, `-c N -m 1` (N outstanding calls). CPU = server processes' CPU time / requests.",
             "",
-            "| target | conc. | req/s | p50 ms | p99 ms | errors (gRPC) | CPU ms/req | CPU by process (ms/req) |",
-            "|---|---:|---:|---:|---:|---|---:|---|",
+            "| target | conc. | req/s | p50 ms | p99 ms | errors (gRPC) | CPU ms/req | CPU by process (ms/req) | load 1m |",
+            "|---|---:|---:|---:|---:|---|---:|---|---:|",
         ]
         for r in load:
             errors = "n/a" if r["grpc_errors"] is None else f"{r['grpc_errors'] + r['http_failures']}"
             by = ", ".join(f"{k} {v:.3f}" for k, v in r["cpu_ms_by_process"].items())
             lines.append(
                 f"| {r['target']} | {r['concurrency']} | {_fmt(r['rps'], 0)} | {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} "
-                f"| {errors} ({r['grpc_check']}) | {_fmt(r['cpu_ms_per_request'], 3)} | {by} |"
+                f"| {errors} ({r['grpc_check']}) | {_fmt(r['cpu_ms_per_request'], 3)} | {by} | {_fmt(r.get('load_avg_1m'))} |"
             )
         lines.append("")
     index = results.get("index")
@@ -38,7 +45,8 @@ def markdown(results: dict) -> str:
         ip = index["in_process"]
         c = ip["config"]
         lines += [
-            f"Index at {ip['items']:,} x {ip['dim']} (dot product, {ip['queries']} queries), one core:",
+            f"Index at {ip['items']:,} x {ip['dim']} (dot product, {ip['queries']} queries), one core; "
+            f"bundle: {index.get('origin', 'n/a')}:",
             "",
             "| measure | value |",
             "|---|---:|",
@@ -57,6 +65,12 @@ def markdown(results: dict) -> str:
                 lines.append(f"| {label}: start to SERVING / RSS | {s['seconds_to_serving']} s / {s['rss_mb']} MB |")
         if "memory_budget_mb" in index:
             lines.append(f"| memory budget: 3 x raw float32 + baseline | {index['memory_budget_mb']} MB |")
+        if "stack_1m" in index:
+            r = index["stack_1m"]
+            by = ", ".join(f"{k} {v:.3f}" for k, v in r["cpu_ms_by_process"].items())
+            lines.append(f"| stack over this catalog, c=32: req/s, p50 / p99 ms | {_fmt(r['rps'], 0)}, "
+                         f"{_fmt(r['p50_ms'])} / {_fmt(r['p99_ms'])} |")
+            lines.append(f"| ... CPU ms/req by process; index RSS under load | {by}; {r.get('index_rss_mb')} MB |")
         lines.append("")
     if results.get("targets"):
         lines += ["Targets:", "", "| target | figure | met |", "|---|---|---|"]
@@ -76,7 +90,7 @@ def chart(results: dict, path: Path) -> None:
     if not load:
         return
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    labels = [f"{r['target']}\nc={r['concurrency']}" for r in load]
+    labels = [f"{r['target'].split(' ')[0]}\nc={r['concurrency']}" for r in load]  # echo / stack / TFRS
     colors = ["#888888" if r["target"].startswith("echo") else "#1f77b4" if r["target"].startswith("stack") else "#d62728"
               for r in load]
     axes[0].bar(labels, [r["rps"] for r in load], color=colors)

@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.flag("--peer-tls-key", "", str, "PEM key of --peer-tls-cert", shared=True)
     parser.flag("--max-batch", 256, int, "most requests gathered into one backend call")
     parser.flag("--batch-wait-us", 0, int, "extra wait for a fuller batch when requests are queueing")
-    parser.flag("--batch-concurrency", 2, int, "batches in flight at once (fewer: larger batches, less CPU)")
+    parser.flag("--batch-concurrency", 1, int, "batches in flight at once (fewer: larger batches, less CPU)")
     parser.flag("--max-batch-request", 1000, int, "most requests in one RecommendBatch call")
     parser.flag("--default-timeout", 5.0, float, "seconds allowed for the inner calls when the caller sets no deadline")
     args = parser.parse_args(argv)

@@ -56,7 +56,7 @@ def scann_config(n: int) -> dict[str, Any]:
       an exact float32 re-scoring of the best ``reorder`` candidates.
 
     Tuned at 1M x 32 dims on a clustered table with uneven norms
-    (``bench/synthetic.py``; see bench/README.md for the sweep): 2000 leaves,
+    (``trainer/synthetic.py``; see bench/README.md for the sweep): 2000 leaves,
     40 searched, reorder 200 gives recall@10 ~0.97 against exact search at
     ~45 us a query on one core. Searching more leaves buys little recall for
     much time; 1000 leaves need 3-4% searched for the same recall, slower.

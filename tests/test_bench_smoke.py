@@ -1,6 +1,9 @@
 """The benchmark's Python parts at tiny scale (no h2load): index measurements, service start-up, echo, report."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -9,9 +12,14 @@ import pytest
 from bench import index_bench, load, report
 from bench.__main__ import sample_check, targets
 from bench.procs import Service, running
-from bench.synthetic import clustered_table, queries_like
+from trainer.synthetic import clustered_table, queries_like
+from google.protobuf import json_format
 from recsys.v1 import gateway_pb2
 from test_ann import write_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+GHZ = REPO / "bench" / "ghz"
+ML100K = REPO.parent / "shared" / "data" / "ml-100k"
 
 pytestmark = pytest.mark.slow
 
@@ -23,6 +31,50 @@ def test_synthetic_table_is_clustered_with_uneven_norms():
     assert 0.05 < norms.std() / norms.mean() < 0.5
     q = queries_like(table, 10)
     assert np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-4)
+
+
+def test_the_synthetic_generator_imports_no_tensorflow():
+    code = "import sys; from trainer.synthetic import clustered_table, queries_like; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _ghz_requests():
+    """(config file, request message class, [request dicts]) for every config in bench/ghz."""
+    service = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
+    for path in sorted(GHZ.glob("*.json")):
+        config = json.loads(path.read_text())
+        package_service, method = config["call"].rsplit(".", 1)
+        assert package_service == service.full_name, path
+        input_type = service.methods_by_name[method].input_type
+        yield path, getattr(gateway_pb2, input_type.name), config["data"]
+
+
+@pytest.mark.skipif(not (ML100K / "u.data").is_file(), reason=f"MovieLens 100k not at {ML100K}")
+def test_ghz_configs_parse_and_name_movielens_users_and_items():
+    """Each bench/ghz config is valid JSON for its method, and names ids a trained bundle has.
+
+    A bundle trained on MovieLens 100k holds its users (u.user) and items (u.item).
+    """
+    users = {line.split("|")[0] for line in (ML100K / "u.user").read_text(encoding="latin-1").splitlines() if line}
+    items = {line.split("|")[0] for line in (ML100K / "u.item").read_text(encoding="latin-1").splitlines() if line}
+    genres = {line.split("|")[0] for line in (ML100K / "u.genre").read_text(encoding="latin-1").splitlines() if line}
+    configs = list(_ghz_requests())
+    assert {path.name for path, _, _ in configs} >= {"recommend.json", "recommend_batch.json", "similar_items.json"}
+    for path, message, data in configs:
+        assert data, path
+        for entry in data:
+            request = json_format.ParseDict(entry, message())  # unknown fields raise
+            inner = list(request.requests) if message is gateway_pb2.RecommendBatchRequest else [request]
+            for r in inner:
+                fields = r.DESCRIPTOR.fields_by_name
+                if "user_id" in fields:
+                    assert r.user_id in users, (path.name, r.user_id)
+                if "item_id" in fields:
+                    assert r.item_id in items, (path.name, r.item_id)
+                assert set(r.exclude_item_ids) <= items, (path.name, set(r.exclude_item_ids) - items)
+                named = set(r.genre_filter.include_genres) | set(r.genre_filter.exclude_genres)
+                assert named <= genres, (path.name, named - genres)
 
 
 def test_grpc_frame():

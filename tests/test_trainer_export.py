@@ -35,8 +35,13 @@ def test_manifest_hashes_verify_and_fields_are_complete(published, small_moviele
         assert 0 <= metrics[f"model/{protocol}/hr@10"] <= 1
         assert 0 <= metrics[f"popularity/{protocol}/hr@10"] <= 1
     assert set(f"factorized_top_k/top_{k}" for k in (1, 5, 10, 50, 100)) <= metrics.keys()
+    for protocol in ("all", "seen_excluded"):  # early-stopping slice, at the kept epoch
+        assert 0 <= metrics[f"validation/{protocol}/hr@10"] <= metrics[f"validation/{protocol}/hr@100"] <= 1
+    assert training["model"]["negatives"] == "catalog" and training["model"]["mask_seen"] is True
     assert any(name.startswith("user_tower/") for name in manifest.files)
     assert "evaluation/report.json" in manifest.files
+    # An 80-movie catalog is searched exactly; the choice is recorded for the index service.
+    assert manifest.raw["scann"]["mode"] == "brute_force" and not manifest.raw["scann"]["serialized"]
 
 
 def test_arrays_load_with_the_serving_readers(published, small_movielens_dir: Path) -> None:

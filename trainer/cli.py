@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.config import ModelConfig, TrainConfig
+from trainer.config import NEGATIVES, ModelConfig, TrainConfig
 from trainer.data import DataError
 
 COMMANDS = ("train", "evaluate", "synthetic")
@@ -57,9 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output size of both towers (default %(default)s)")
     train.add_argument("--history-dropout", type=float, default=model_defaults.history_dropout,
                        help="share of each user's history dropped per training example (default %(default)s)")
+    train.add_argument("--negatives", choices=NEGATIVES, default=model_defaults.negatives,
+                       help="softmax over the whole catalog or over the batch's positives (default %(default)s)")
+    train.add_argument("--mask-seen", action=argparse.BooleanOptionalAction, default=model_defaults.mask_seen,
+                       help="leave each user's other training movies out of the softmax (default %(default)s)")
+    train.add_argument("--user-id-dim", type=int, default=model_defaults.user_id_dim,
+                       help="size of the user-id embedding in the query tower; 0 = none (default %(default)s)")
     train.add_argument("--logq-weight", type=float, default=model_defaults.logq_weight,
-                       help="exponent on the in-batch sampling probability for the logQ correction; "
-                            "0 disables it (default %(default)s)")
+                       help="--negatives in_batch: exponent on the sampling probability for the logQ "
+                            "correction; 0 disables it (default %(default)s)")
 
     evaluate = commands.add_parser("evaluate", help="recompute HR@K for a published bundle")
     where = evaluate.add_mutually_exclusive_group()
@@ -94,6 +100,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     for name in ("epochs", "batch_size", "learning_rate", "embedding_dim"):
         _positive(name.replace("_", "-"), getattr(args, name))
+    if args.user_id_dim < 0:
+        raise DataError(f"--user-id-dim must be 0 or more, got {args.user_id_dim}")
     for name in ("test_fraction", "validation_fraction"):
         if not 0 <= getattr(args, name) < 1:
             raise DataError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
@@ -107,7 +115,12 @@ def run_train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
         model=ModelConfig(
-            embedding_dim=args.embedding_dim, history_dropout=args.history_dropout, logq_weight=args.logq_weight
+            embedding_dim=args.embedding_dim,
+            user_id_dim=args.user_id_dim,
+            history_dropout=args.history_dropout,
+            negatives=args.negatives,
+            mask_seen=args.mask_seen,
+            logq_weight=args.logq_weight,
         ),
     )
     data_dir = resolve_data_dir(args.data_dir)

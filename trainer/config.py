@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 
+NEGATIVES = ("catalog", "in_batch")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture and loss settings (see trainer.model)."""
 
     embedding_dim: int = 32  # output of both towers; their dot product is the score
-    id_dim: int = 32  # user-id and movie-id embeddings
+    user_id_dim: int = 0  # user-id embedding; 0 = none (it memorises the training movies)
+    item_id_dim: int = 32  # movie-id embedding
     history_dim: int = 32  # pooled watch-history embedding
     feature_dim: int = 8  # each categorical side feature
     history_dropout: float = 0.5  # share of history movies dropped per training example
-    logq_weight: float = 1.0  # exponent on the sampling probability: 1 = full logQ correction
+    negatives: str = "catalog"  # softmax over the whole catalog, or over the batch's positives
+    mask_seen: bool = True  # take the user's other training movies out of the softmax
+    logq_weight: float = 1.0  # in_batch only: exponent on the sampling probability (1 = full logQ correction)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +33,6 @@ class TrainConfig:
     epochs: int = 30
     patience: int = 3
     batch_size: int = 1024
-    learning_rate: float = 0.01
+    learning_rate: float = 0.005
     weight_decay: float = 0.0
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

@@ -15,10 +15,21 @@ diagonal) and a share of the rest is dropped at random (like a denoising
 autoencoder), so the tower learns to predict a movie from the *other* movies a
 user watched instead of copying its input.
 
-The loss is TFRS's in-batch softmax (``tfrs.tasks.Retrieval``) with the logits
-corrected by the log of each candidate's sampling probability: in-batch
-negatives are drawn in proportion to popularity, and without the correction
-the model learns to under-rank popular movies.
+The loss is TFRS's softmax (``tfrs.tasks.Retrieval``) in one of two modes
+(``ModelConfig.negatives``):
+
+* ``"catalog"`` (default): every query is scored against the whole catalog
+  (1,682 movies on ml-100k: a [batch, catalog] logit matrix, cheap at this
+  size), so the softmax is exact and needs no sampling correction;
+* ``"in_batch"``: the other positives of the batch are the negatives, with the
+  logits corrected by the log of each candidate's sampling probability (in-batch
+  negatives are drawn in proportion to popularity; uncorrected, the model learns
+  to under-rank popular movies) and accidental hits removed.
+
+With ``mask_seen`` the user's *other* training movies are taken out of the
+softmax for that user: the target only has to outrank movies the user has not
+watched. That is the task the seen-excluded protocol (and serving) poses, and
+it stops the model spending capacity on ranking movies the user already saw.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
-from trainer.config import ModelConfig
+from trainer.config import NEGATIVES, ModelConfig
 from trainer.features import Csr, ItemFeatures, UserFeatures
 
 
@@ -46,6 +57,14 @@ def _mean_pooled(embedding: keras.layers.Embedding, rows: tf.RaggedTensor) -> tf
     return tf.reduce_sum(vectors, axis=1) / tf.maximum(count, 1.0)
 
 
+def _row_mask(columns: tf.RaggedTensor, width: int) -> tf.Tensor:
+    """Ragged int [batch, None] of column indices in [0, width) -> bool [batch, width],
+    True where a row lists the column."""
+    indices = tf.stack([columns.value_rowids(), tf.cast(columns.flat_values, tf.int64)], axis=1)
+    hits = tf.scatter_nd(indices, tf.ones_like(columns.flat_values, tf.int32), tf.stack([columns.nrows(), tf.cast(width, tf.int64)]))
+    return hits > 0
+
+
 def _embedding(rows: int, dim: int, name: str) -> keras.layers.Embedding:
     return keras.layers.Embedding(
         rows, dim, embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05), name=name
@@ -55,10 +74,11 @@ def _embedding(rows: int, dim: int, name: str) -> keras.layers.Embedding:
 class QueryTower(keras.Model):
     """user_id: tf.string [batch] -> tf.float32 [batch, embedding_dim].
 
-    A linear projection of: the user-id embedding, age bucket, gender,
-    occupation and zip prefix embeddings, and the mean embedding of the movies
-    in the user's watch history. ``held_out_item_ids`` (tf.string [batch])
-    removes that movie from each user's history; pass the training targets.
+    A linear projection of: the age bucket, gender, occupation and zip prefix
+    embeddings, the mean embedding of the movies in the user's watch history,
+    and (if ``user_id_dim`` > 0) a user-id embedding. ``held_out_item_ids``
+    (tf.string [batch]) removes that movie from each user's history; pass the
+    training targets.
     """
 
     def __init__(self, users: UserFeatures, item_ids: np.ndarray, config: ModelConfig):
@@ -72,7 +92,9 @@ class QueryTower(keras.Model):
         self._zip = tf.constant(users.zip_prefix)
         self.set_history(users.history)
         fdim = config.feature_dim
-        self.user_embedding = _embedding(len(users.ids) + 1, config.id_dim, "user_id")
+        self.user_embedding = (
+            _embedding(len(users.ids) + 1, config.user_id_dim, "user_id") if config.user_id_dim else None
+        )
         self.age_embedding = _embedding(users.age_bucket_size, fdim, "age")
         self.gender_embedding = _embedding(users.gender_size, fdim, "gender")
         self.occupation_embedding = _embedding(users.occupation_size, fdim, "occupation")
@@ -87,6 +109,11 @@ class QueryTower(keras.Model):
         """
         self._history = _ragged_rows(history)
 
+    def seen_rows(self, user_ids: tf.Tensor) -> tf.RaggedTensor:
+        """user_id: tf.string [batch] -> int ragged [batch, None]: the 1-based item
+        rows of each user's watch history (the table the tower pools)."""
+        return tf.gather(self._history, self.user_lookup(user_ids))
+
     def call(self, user_ids: tf.Tensor, held_out_item_ids: tf.Tensor | None = None, training=None) -> tf.Tensor:
         rows = self.user_lookup(user_ids)
         history = tf.gather(self._history, rows)
@@ -96,8 +123,8 @@ class QueryTower(keras.Model):
         if training and self._history_dropout > 0:
             keep = tf.random.uniform(tf.shape(history.flat_values)) >= self._history_dropout
             history = tf.ragged.boolean_mask(history, history.with_flat_values(keep))
-        parts = [
-            self.user_embedding(rows),
+        parts = [] if self.user_embedding is None else [self.user_embedding(rows)]
+        parts += [
             self.age_embedding(tf.gather(self._age, rows)),
             self.gender_embedding(tf.gather(self._gender, rows)),
             self.occupation_embedding(tf.gather(self._occupation, rows)),
@@ -122,7 +149,7 @@ class CandidateTower(keras.Model):
         self._year = tf.constant(items.year_bucket)
         self._title = _ragged_rows(items.title_tokens)
         fdim = config.feature_dim
-        self.item_embedding = _embedding(len(items.ids) + 1, config.id_dim, "item_id")
+        self.item_embedding = _embedding(len(items.ids) + 1, config.item_id_dim, "item_id")
         self.genre_projection = keras.layers.Dense(fdim, use_bias=False, name="genres")
         self.year_embedding = _embedding(items.year_bucket_size, fdim, "year")
         self.title_embedding = _embedding(items.token_count, fdim * 2, "title_tokens")
@@ -144,30 +171,79 @@ class TwoTowerModel(tfrs.Model):
 
     Batch features: ``user_id``, ``item_id``: tf.string [batch];
     ``item_probability``: tf.float32 [batch], the movie's share of the
-    training interactions (its chance of being an in-batch negative).
-    ``evaluate()`` also reports FactorizedTopK: top-1/5/10/50/100 accuracy
-    over the whole catalog (``item_ids``), seen movies not excluded.
+    training interactions (its chance of being an in-batch negative; used only
+    with ``negatives="in_batch"``). ``evaluate()`` also reports FactorizedTopK:
+    top-1/5/10/50/100 accuracy over the whole catalog (``item_ids``), seen
+    movies not excluded.
     """
 
     def __init__(self, query_tower: QueryTower, candidate_tower: CandidateTower, item_ids: np.ndarray, config: ModelConfig):
         super().__init__()
+        if config.negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, got {config.negatives!r}")
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
-        self._logq_weight = config.logq_weight
+        self._config = config
+        self._catalog_ids = tf.constant(item_ids)
         catalog = tf.data.Dataset.from_tensor_slices(item_ids).batch(1024)
         self.task = tfrs.tasks.Retrieval(
             metrics=tfrs.metrics.FactorizedTopK(candidates=catalog.map(lambda ids: (ids, candidate_tower(ids)))),
-            remove_accidental_hits=True,
+            remove_accidental_hits=config.negatives == "in_batch",
         )
 
+    def _excluded(self, user_ids: tf.Tensor, item_ids: tf.Tensor) -> tf.Tensor:
+        """bool [batch, catalog]: the catalog rows each pair's target must not compete
+        with: its user's training movies (if ``mask_seen``) and the target itself
+        (the positive is scored separately)."""
+        width = tf.size(self._catalog_ids)
+        target = tf.RaggedTensor.from_tensor(tf.expand_dims(self.query_tower.item_lookup(item_ids), 1))
+        columns = [target]
+        if self._config.mask_seen:
+            columns.append(tf.cast(self.query_tower.seen_rows(user_ids), target.dtype))
+        # Lookup rows are 1-based (0 = unknown id); unknown ids fall out of range and are dropped.
+        rows = tf.concat(columns, axis=1) - 1
+        rows = tf.ragged.boolean_mask(rows, (rows >= 0) & (rows < tf.cast(width, rows.dtype)))
+        return _row_mask(rows, width)
+
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        queries = self.query_tower(features["user_id"], held_out_item_ids=features["item_id"], training=training)
-        candidates = self.candidate_tower(features["item_id"])
+        user_ids, item_ids = features["user_id"], features["item_id"]
+        queries = self.query_tower(user_ids, held_out_item_ids=item_ids, training=training)
+        positives = self.candidate_tower(item_ids)
+        if self._config.negatives == "catalog":
+            return self._catalog_loss(queries, positives, user_ids, item_ids, training)
+        score_mask = None
+        if self._config.mask_seen:
+            # Candidate j is a negative for query i unless user i watched it in training.
+            seen = tf.gather(self._excluded(user_ids, item_ids), self.query_tower.item_lookup(item_ids) - 1, axis=1)
+            score_mask = tf.logical_or(tf.logical_not(seen), tf.eye(tf.shape(queries)[0], dtype=tf.bool))
+        return self.task(
+            queries,
+            positives,
+            candidate_sampling_probability=tf.pow(features["item_probability"], self._config.logq_weight),
+            candidate_ids=item_ids,
+            compute_metrics=not training,
+            compute_batch_metrics=False,
+            score_mask=score_mask,
+        )
+
+    def _catalog_loss(self, queries: tf.Tensor, positives: tf.Tensor, user_ids: tf.Tensor, item_ids: tf.Tensor, training: bool) -> tf.Tensor:
+        """Full softmax: queries [b, d] against [positives [b, d]; catalog [n, d]].
+
+        TFRS puts query i's label on candidate column i, so the positives come
+        first; of those columns each query keeps only its own. Of the catalog
+        columns it keeps every movie except the target's copy and (with
+        ``mask_seen``) the user's other training movies.
+        """
+        batch = tf.shape(queries)[0]
+        candidates = tf.concat([positives, self.candidate_tower(self._catalog_ids)], axis=0)
+        score_mask = tf.concat(
+            [tf.eye(batch, dtype=tf.bool), tf.logical_not(self._excluded(user_ids, item_ids))], axis=1
+        )
         return self.task(
             queries,
             candidates,
-            candidate_sampling_probability=tf.pow(features["item_probability"], self._logq_weight),
-            candidate_ids=features["item_id"],
+            candidate_ids=item_ids,  # only read by the metrics, which see the first `batch` candidates
             compute_metrics=not training,
             compute_batch_metrics=False,
+            score_mask=score_mask,
         )

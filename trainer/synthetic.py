@@ -1,10 +1,20 @@
 """A synthetic bundle of any size, for benchmarks and scale tests.
 
-The item embeddings look like a trained table: a mixture of gaussian clusters
-(items of a cluster are near each other) with uneven norms (lognormal scale,
-as popular items get larger norms in a trained model). Users are drawn from
-the same mixture; the user tower is a lookup of those vectors, with a fixed
-out-of-vocabulary vector for unknown ids.
+Real item embeddings are neither uniform nor unit-norm: items bunch around
+topics (genres, franchises), topics differ a lot in size, and popular items
+get larger norms under a dot-product loss. ``clustered_table`` has all three,
+which is what makes maximum-inner-product search hard for a quantizing index:
+Zipf-sized clusters around random directions, with log-normal norms of sigma
+0.15 (measured on a trained MovieLens bundle; a sigma of 0.5 made the norms
+far wider than any trained table's and ScaNN's recall an artefact of them).
+``queries_like`` draws user-like queries from such a table.
+
+Those two are numpy only: ``from trainer.synthetic import clustered_table,
+queries_like`` costs no TensorFlow (the bench's index measurements use them).
+TensorFlow and ScaNN are imported by ``write_synthetic_bundle`` only, which
+publishes a bundle whose user tower is a lookup of fixed vectors (a fixed
+out-of-vocabulary vector for unknown ids) and which carries its serialized
+ScaNN searcher (manifest field "scann"), as a trained bundle does.
 """
 
 from __future__ import annotations
@@ -14,17 +24,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
-
-from serving.bundle import EVALUATION, USER_TOWER, BundleStaging
-from trainer import evaluate as ev
-from trainer.export import save_user_tower
 
 # MovieLens 100k's u.genre, in bit order.
 GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
     "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
+
+NORM_SIGMA = 0.15  # log-normal sigma of the item norms, as measured on a trained bundle
+CLUSTER_SPREAD = 0.6  # norm of an item's offset from its cluster's (unit) direction, in expectation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,53 +41,98 @@ class SyntheticConfig:
     users: int = 1000
     dim: int = 32
     clusters: int = 1000
-    cluster_spread: float = 0.35  # within-cluster std relative to the unit-variance centres
-    norm_sigma: float = 0.5  # lognormal sigma of the per-vector scale
+    cluster_spread: float = CLUSTER_SPREAD
+    norm_sigma: float = NORM_SIGMA
     max_seen: int = 50
     seed: int = 0
 
 
-class LookupTower(tf.Module):
-    """user_id: tf.string [batch] -> tf.float32 [batch, dim] from a fixed table.
+def clustered_table(
+    n: int,
+    dim: int = 32,
+    clusters: int = 2000,
+    seed: int = 0,
+    spread: float = CLUSTER_SPREAD,
+    norm_sigma: float = NORM_SIGMA,
+) -> np.ndarray:
+    """float32 [n, dim]: Zipf-sized clusters around random directions, log-normal norms."""
+    rng = np.random.default_rng(seed)
+    clusters = max(1, min(clusters, n))
+    centers = rng.normal(size=(clusters, dim)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    weights = 1.0 / np.arange(1, clusters + 1) ** 0.8
+    assignment = rng.choice(clusters, size=n, p=weights / weights.sum())
+    out = np.empty((n, dim), dtype=np.float32)
+    step = 1 << 18
+    for start in range(0, n, step):
+        rows = assignment[start : start + step]
+        noise = rng.normal(scale=spread / np.sqrt(dim), size=(len(rows), dim)).astype(np.float32)
+        block = centers[rows] + noise
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        block *= rng.lognormal(mean=0.0, sigma=norm_sigma, size=(len(rows), 1)).astype(np.float32)
+        out[start : start + step] = block
+    return out
 
-    Row 0 of ``vectors`` is returned for ids not in ``user_ids``.
+
+def queries_like(table: np.ndarray, count: int, seed: int = 1) -> np.ndarray:
+    """float32 [count, dim], unit norm: user-like queries that lean toward one item's topic.
+
+    Each is one item's direction, a third of another's (a second interest) and
+    some noise, as a user tower's output leans toward what the user watched.
     """
-
-    def __init__(self, user_ids: np.ndarray, vectors: np.ndarray):
-        super().__init__(name="lookup_tower")
-        self.table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                tf.constant(user_ids), tf.range(1, len(user_ids) + 1, dtype=tf.int64)
-            ),
-            default_value=0,
-        )
-        self.vectors = tf.Variable(vectors, trainable=False, name="vectors")
-
-    def __call__(self, user_ids: tf.Tensor) -> tf.Tensor:
-        return tf.gather(self.vectors, self.table.lookup(user_ids))
+    rng = np.random.default_rng(seed)
+    picks = table[rng.integers(0, len(table), size=(count, 2))]
+    picks /= np.linalg.norm(picks, axis=2, keepdims=True)
+    noise = rng.normal(scale=0.3 / np.sqrt(table.shape[1]), size=(count, table.shape[1]))
+    q = picks[:, 0] + 0.33 * picks[:, 1] + noise
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
-def mixture(rng: np.random.Generator, centres: np.ndarray, n: int, config: SyntheticConfig) -> np.ndarray:
-    """n vectors from the cluster mixture: float32 [n, dim]."""
-    assignment = rng.integers(0, len(centres), size=n)
-    vectors = centres[assignment] + config.cluster_spread * rng.standard_normal((n, config.dim), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors *= rng.lognormal(0.0, config.norm_sigma, size=(n, 1)).astype(np.float32)
-    return vectors
+def _decimal_ids(first: int, last: int) -> np.ndarray:
+    """str ids first..last in the narrowest fixed width (not numpy's default <U21)."""
+    return np.arange(first, last + 1).astype(f"U{len(str(last))}")
+
+
+def _save_lookup_tower(path: Path, user_ids: np.ndarray, vectors: np.ndarray) -> None:
+    """A SavedModel whose tower maps user_id -> its row of ``vectors`` (row 0 for unknown ids)."""
+    import tensorflow as tf
+
+    from trainer.export import save_user_tower
+
+    class LookupTower(tf.Module):
+        def __init__(self):
+            super().__init__(name="lookup_tower")
+            self.table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(user_ids), tf.range(1, len(user_ids) + 1, dtype=tf.int64)
+                ),
+                default_value=0,
+            )
+            self.vectors = tf.Variable(vectors, trainable=False, name="vectors")
+
+        def __call__(self, ids: tf.Tensor) -> tf.Tensor:
+            return tf.gather(self.vectors, self.table.lookup(ids))
+
+    save_user_tower(LookupTower(), path)
 
 
 def write_synthetic_bundle(model_base: Path, config: SyntheticConfig) -> Path:
-    """Publishes one synthetic bundle under ``model_base``; returns its folder."""
+    """Publishes one synthetic bundle (with its serialized ScaNN searcher) under ``model_base``; returns its folder."""
+    from serving import ann
+    from serving.bundle import EVALUATION, USER_TOWER, BundleStaging
+    from trainer import evaluate as ev
+
     if config.items < 1 or config.users < 1 or config.dim < 1:
         raise ValueError("items, users and dim must be positive")
     started = time.monotonic()
-    rng = np.random.default_rng(config.seed)
-    centres = rng.standard_normal((config.clusters, config.dim), dtype=np.float32)
-    item_embeddings = mixture(rng, centres, config.items, config)
-    user_vectors = mixture(rng, centres, config.users + 1, config)  # row 0: unknown users
+    item_embeddings = clustered_table(
+        config.items, config.dim, config.clusters, config.seed, config.cluster_spread, config.norm_sigma
+    )
+    user_vectors = queries_like(item_embeddings, config.users + 1, seed=config.seed + 1)  # row 0: unknown users
+    rng = np.random.default_rng(config.seed + 2)
 
-    item_ids = np.arange(1, config.items + 1).astype(str)
-    user_ids = np.arange(1, config.users + 1).astype(str)
+    item_ids = _decimal_ids(1, config.items)
+    user_ids = _decimal_ids(1, config.users)
     # Zipf-like popularity, shuffled so it is unrelated to the id order.
     weights = rng.permutation(1.0 / np.arange(1, config.items + 1) ** 0.8)
     popularity = (weights / weights.sum()).astype(np.float32)
@@ -92,7 +145,7 @@ def write_synthetic_bundle(model_base: Path, config: SyntheticConfig) -> Path:
     seen_items = np.concatenate(seen_lists).astype(np.int32)
 
     with BundleStaging(model_base) as staging:
-        save_user_tower(LookupTower(user_ids, user_vectors), staging.path / USER_TOWER)
+        _save_lookup_tower(staging.path / USER_TOWER, user_ids, user_vectors)
         (staging.path / EVALUATION).mkdir()
         ev.write_test_interactions(staging.path / EVALUATION / ev.TEST_INTERACTIONS, None)
         for name, array in {
@@ -106,12 +159,14 @@ def write_synthetic_bundle(model_base: Path, config: SyntheticConfig) -> Path:
             "seen_items": seen_items,
         }.items():
             staging.save_array(name, array)
+        scann = ann.write_searcher(staging.path, item_embeddings)
         return staging.publish(
             {
                 "embedding_dim": config.dim,
                 "item_count": config.items,
                 "user_count": config.users,
                 "genres": list(GENRES),
+                "scann": scann,
                 "metrics": {},
                 "training": {
                     "synthetic": dataclasses.asdict(config),

@@ -19,6 +19,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
+from serving import ann
 from serving.bundle import EVALUATION, USER_TOWER, BundleStaging
 from trainer import evaluate as ev
 from trainer.data import MovieLens, Ratings, split_rows
@@ -92,11 +93,12 @@ def _batched(tower: keras.Model, ids: np.ndarray, batch_size: int = 8192) -> np.
 
 
 class ValidationHitRate(keras.callbacks.Callback):
-    """After each epoch, HR@10 and HR@100 (seen excluded) on the validation slice.
+    """After each epoch, HR@10 and HR@100 on the validation slice, both protocols.
 
-    Adds ``val_hr@10``, ``val_hr@100`` and their combination
-    EARLY_STOPPING_METRIC = HR@10 + HR@100 / 4 to the epoch logs, for
-    EarlyStopping placed after this callback.
+    Adds ``val_hr@10``, ``val_hr@100`` (seen excluded), their combination
+    EARLY_STOPPING_METRIC = HR@10 + HR@100 / 4, and ``val_hr_all@10``,
+    ``val_hr_all@100`` (every movie ranked; logged, not stopped on) to the
+    epoch logs, for EarlyStopping placed after this callback.
     """
 
     def __init__(self, embedder: Embedder, data: ev.EvaluationSet, user_ids: np.ndarray):
@@ -104,11 +106,25 @@ class ValidationHitRate(keras.callbacks.Callback):
         self._embedder, self._data, self._user_ids = embedder, data, user_ids
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        users = self._embedder.users(self._user_ids)
-        hr = ev.hit_rates(users, self._embedder.items(), self._data.pair_users, self._data.pair_items, self._data.seen)
+        users, items = self._embedder.users(self._user_ids), self._embedder.items()
+        pairs = (self._data.pair_users, self._data.pair_items)
+        hr = ev.hit_rates(users, items, *pairs, self._data.seen)
+        hr_all = ev.hit_rates(users, items, *pairs, None)
         if logs is not None:
-            logs.update({"val_hr@10": hr[9], "val_hr@100": hr[99], EARLY_STOPPING_METRIC: hr[9] + hr[99] / 4})
-        print(f"epoch {epoch + 1}: validation HR@10 {hr[9]:.4f}  HR@100 {hr[99]:.4f}", flush=True)
+            logs.update(
+                {
+                    "val_hr@10": hr[9],
+                    "val_hr@100": hr[99],
+                    EARLY_STOPPING_METRIC: hr[9] + hr[99] / 4,
+                    "val_hr_all@10": hr_all[9],
+                    "val_hr_all@100": hr_all[99],
+                }
+            )
+        print(
+            f"epoch {epoch + 1}: validation HR@10 {hr[9]:.4f}  HR@100 {hr[99]:.4f} (seen excluded); "
+            f"all ranked {hr_all[9]:.4f} / {hr_all[99]:.4f}",
+            flush=True,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +237,8 @@ def train(ml: MovieLens, config: TrainConfig, model_base: Path, verbose: int = 2
                 "item_count": len(item_ids),
                 "user_count": len(user_ids),
                 "genres": list(ml.genres),
+                # ScaNN's parameters for this catalog (and, for a large one, the built searcher).
+                "scann": ann.write_searcher(staging.path, item_embeddings),
                 "metrics": _metrics(report, factorized, fitted),
                 "training": _training_record(ml, split, config, fitted),
             }
@@ -238,6 +256,8 @@ def _metrics(report: dict | None, factorized: dict[str, float], fitted: Fitted) 
         **{f"factorized_top_k/{k}": v for k, v in factorized.items()},
         "validation/seen_excluded/hr@10": at_best("val_hr@10"),
         "validation/seen_excluded/hr@100": at_best("val_hr@100"),
+        "validation/all/hr@10": at_best("val_hr_all@10"),
+        "validation/all/hr@100": at_best("val_hr_all@100"),
     }
 
 
