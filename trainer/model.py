@@ -205,6 +205,12 @@ class TwoTowerModel(tfrs.Model):
         rows = tf.ragged.boolean_mask(rows, (rows >= 0) & (rows < tf.cast(width, rows.dtype)))
         return _row_mask(rows, width)
 
+    def train_step(self, inputs):
+        """TFRS's step, minus the FactorizedTopK metrics: they are computed only in
+        evaluation (``compute_metrics=not training``) and would read as zeros in the log."""
+        logs = super().train_step(inputs)
+        return {name: value for name, value in logs.items() if not name.startswith("factorized_top_k")}
+
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         user_ids, item_ids = features["user_id"], features["item_id"]
         queries = self.query_tower(user_ids, held_out_item_ids=item_ids, training=training)
