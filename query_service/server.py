@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 
 from serving.config import FlagParser, add_model_flags, add_server_flags, log_config, setup_logging
 
@@ -30,6 +31,9 @@ async def serve(args: argparse.Namespace) -> None:
     from serving.server import GrpcServer
 
     configure_tensorflow(args.tf_threads)
+    # A new version loads on a worker thread while this one serves; switching the GIL
+    # more often keeps the event loop answering during the load.
+    sys.setswitchinterval(0.0005)
     manager = ModelManager(args.model_base, load_user_tower, service="query", keep=args.keep_versions,
                            size_of=lambda tower: len(tower.users.ids))
     servicer = QueryServicer(manager, max_batch=args.max_batch, batch_wait_us=args.batch_wait_us,
