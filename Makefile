@@ -33,5 +33,9 @@ test-fast: venv
 protos: venv
 	$(PY) protos/generate.py
 
+# The benchmark (needs h2load: apt-get install nghttp2-client); writes bench/results/.
+bench: venv
+	$(PY) -m bench
+
 clean:
 	rm -rf $(VENV) logs .pytest_cache
