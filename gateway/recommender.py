@@ -42,11 +42,8 @@ class RecRequest:
     request_id: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
-class Scored:
-    item_id: str
-    title: str
-    score: float
+# (item_id, title, score): plain tuples, built straight from the index's columns.
+Scored = tuple[str, str, float]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,11 +262,11 @@ def _merge_top_k(results: Sequence[index_service_pb2.SearchResult], k: int) -> l
     """Merges per-shard top lists (each sorted by score) into the global top k."""
     if len(results) == 1:
         r = results[0]
-        return [Scored(i, t, s) for i, t, s in zip(r.item_ids[:k], r.titles[:k], r.scores[:k])]
+        return list(zip(r.item_ids[:k], r.titles[:k], r.scores[:k]))
     streams = [zip(r.scores, r.item_ids, r.titles) for r in results]
     # Equal scores are ordered by item id, as each index orders its own ties.
     merged = heapq.merge(*streams, key=lambda row: (-row[0], row[1]))
-    return [Scored(item_id, title, score) for score, item_id, title in itertools.islice(merged, k)]
+    return [(item_id, title, score) for score, item_id, title in itertools.islice(merged, k)]
 
 
 async def _call(peer: str, method, request, timeout: float):

@@ -60,7 +60,7 @@ async def serve(args: argparse.Namespace) -> None:
     )
     servicer = GatewayServicer(recommender, max_batch_request=args.max_batch_request)
     server = GrpcServer(args, [servicer.service_name])
-    gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server.server)
+    gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server.registrar)
     await server.start()
     # The gateway holds no model; it is ready as soon as it listens. Peers that
     # are down show up as UNAVAILABLE per request and in GetModelStatus.

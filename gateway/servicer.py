@@ -68,11 +68,11 @@ def parse_genre_filter(request) -> common_pb2.GenreFilter | None:
 
 
 def to_response(result: RecResult) -> gateway_pb2.RecommendResponse:
-    return gateway_pb2.RecommendResponse(
-        items=[gateway_pb2.ScoredItem(item_id=i.item_id, title=i.title, score=i.score) for i in result.items],
-        model_version=result.model_version,
-        fallback=result.fallback,
-    )
+    response = gateway_pb2.RecommendResponse(model_version=result.model_version, fallback=result.fallback)
+    add_item = response.items.add
+    for item_id, title, score in result.items:
+        add_item(item_id=item_id, title=title, score=score)
+    return response
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -131,7 +131,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         except PeerError as exc:
             await context.abort(exc.code, str(exc))
         return gateway_pb2.SimilarItemsResponse(
-            items=[gateway_pb2.ScoredItem(item_id=i.item_id, title=i.title, score=i.score) for i in result.items],
+            items=[gateway_pb2.ScoredItem(item_id=i, title=t, score=s) for i, t, s in result.items],
             model_version=result.model_version,
         )
 

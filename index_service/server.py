@@ -46,7 +46,7 @@ async def serve(args: argparse.Namespace) -> None:
         shard_index=args.shard_index, num_shards=args.num_shards,
     )
     server = GrpcServer(args, [servicer.service_name])
-    index_service_pb2_grpc.add_IndexServiceServicer_to_server(servicer, server.server)
+    index_service_pb2_grpc.add_IndexServiceServicer_to_server(servicer, server.registrar)
     await server.start()
     await server.run_with_models(manager, args.poll_interval)
 

@@ -39,7 +39,7 @@ async def serve(args: argparse.Namespace) -> None:
     servicer = QueryServicer(manager, max_batch=args.max_batch, batch_wait_us=args.batch_wait_us,
                              allow_reload=args.allow_reload)
     server = GrpcServer(args, [servicer.service_name])
-    query_service_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server.server)
+    query_service_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server.registrar)
     await server.start()
     await server.run_with_models(manager, args.poll_interval)
     await servicer.batcher.stop()

@@ -63,7 +63,7 @@ class MicroBatcher(Generic[T, R]):
     async def submit(self, items: list[T]) -> list[R]:
         self.start()
         future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
-        await self._queue.put((items, future))
+        self._queue.put_nowait((items, future))
         return await future
 
     async def _work(self) -> None:

@@ -28,5 +28,19 @@ LOADED_VERSIONS = Gauge("recsys_model_versions_loaded", "model versions held in 
 INDEX_SIZE = Gauge("recsys_index_items", "items in the served index (this shard)", ["version"])
 
 
+class RequestCounts:
+    """``REQUESTS`` for one method, with the child per status code looked up once."""
+
+    def __init__(self, method: str):
+        self._method = method
+        self._by_code: dict[str, prometheus_client.metrics.Counter] = {}
+
+    def inc(self, code: str) -> None:
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = REQUESTS.labels(self._method, code)
+        child.inc()
+
+
 def start_http_server(port: int, host: str) -> None:
     prometheus_client.start_http_server(port, addr=host)

@@ -57,11 +57,13 @@ class GrpcServer:
                 ("grpc.max_connection_age_ms", int(args.max_connection_age * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(args.grace_period * 1000)),
             ],
-            interceptors=[interceptors.ServingInterceptor(args.max_concurrent_rpcs)],
         )
+        # Register servicers on ``self.registrar`` (not ``self.server``) so that
+        # their calls get request ids, admission control, safe decoding and metrics.
+        self.registrar = interceptors.WrappingServer(self.server, interceptors.CallWrapper(args.max_concurrent_rpcs))
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable(self.server, [*self.service_names, health.SERVICE_NAME])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.registrar)
+        reflection.enable(self.registrar, [*self.service_names, health.SERVICE_NAME])
         self._stop = asyncio.Event()
 
     async def start(self) -> None:

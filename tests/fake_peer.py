@@ -60,8 +60,8 @@ class Fake(query_service_pb2_grpc.QueryServiceServicer, index_service_pb2_grpc.I
 async def serve(args: argparse.Namespace) -> None:
     fake = Fake(args.delay, args.fail_code)
     server = GrpcServer(args, ["recsys.v1.QueryService", "recsys.v1.IndexService"])
-    query_service_pb2_grpc.add_QueryServiceServicer_to_server(fake, server.server)
-    index_service_pb2_grpc.add_IndexServiceServicer_to_server(fake, server.server)
+    query_service_pb2_grpc.add_QueryServiceServicer_to_server(fake, server.registrar)
+    index_service_pb2_grpc.add_IndexServiceServicer_to_server(fake, server.registrar)
     await server.start()
     await server.set_serving(True)
     await server.run_until_stopped()
