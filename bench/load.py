@@ -109,10 +109,19 @@ def h2load(address: str, path: str, message: bytes, *, requests: int, concurrenc
 
 
 def measure(target: str, address: str, path: str, message: bytes, *, pids: dict[str, int], concurrency: int,
-            seconds: float, metrics: tuple[int, str] | None = None, grpc_check_fn=None) -> LoadResult:
-    """Warm-up, then a run of about ``seconds`` at ``concurrency``, with server CPU and gRPC outcome."""
+            seconds: float, metrics: tuple[int, str] | None = None, grpc_check_fn=None,
+            warmup_s: float = 0.0) -> LoadResult:
+    """Warm-up, then a run of about ``seconds`` at ``concurrency``, with server CPU and gRPC outcome.
+
+    A short probe gives the rate; then about ``warmup_s`` more of unmeasured load
+    (connections, HTTP/2 flow-control windows, allocator and caches settle).
+    """
     ok, _, took, _ = h2load(address, path, message, requests=max(50, concurrency * 10), concurrency=concurrency)
     rate = ok / max(took, 1e-3)
+    if warmup_s > 0:
+        ok, _, took, _ = h2load(address, path, message, requests=int(min(max(rate * warmup_s, 100), 100_000)),
+                                concurrency=concurrency)
+        rate = ok / max(took, 1e-3)
     n = int(min(max(rate * seconds, 200), 200_000))
     before_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     before_counts = grpc_counts(*metrics) if metrics else None

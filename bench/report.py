@@ -14,6 +14,33 @@ def _fmt(value, digits=2):
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _median_run(runs: list[dict]) -> dict | None:
+    """The run with the median requests/s (the lower middle one for an even count)."""
+    if not runs:
+        return None
+    return sorted(runs, key=lambda r: r["rps"])[(len(runs) - 1) // 2]
+
+
+def paired_rounds(load_runs: list[dict]) -> list[dict]:
+    """Per round and concurrency: echo and stack req/s, measured back to back, and their ratio."""
+    by_key = {(r["target"].split(" ")[0], r["concurrency"], r.get("round", 1)): r for r in load_runs}
+    rows = []
+    for (target, c, round_no), echo in sorted(by_key.items(), key=lambda kv: (kv[0][2], kv[0][1])):
+        stack_run = by_key.get(("stack", c, round_no))
+        if target == "echo" and stack_run:
+            rows.append({"round": round_no, "concurrency": c, "echo_rps": echo["rps"], "stack_rps": stack_run["rps"],
+                         "share": round(stack_run["rps"] / echo["rps"], 4), "stack_p99_ms": stack_run["p99_ms"]})
+    return rows
+
+
+def summary_rows(load_runs: list[dict]) -> list[dict]:
+    """One row per target and concurrency: the median run across rounds."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in load_runs:
+        groups.setdefault((r["target"], r["concurrency"]), []).append(r)
+    return [{**_median_run(runs), "rounds": len(runs)} for runs in groups.values()]
+
+
 def markdown(results: dict) -> str:
     lines = [f"# Benchmark results ({results['started_at']}, {results['machine']})", ""]
     if results.get("command"):
@@ -25,14 +52,17 @@ def markdown(results: dict) -> str:
                   "benchmark's own processes (a stack at c=32 alone keeps it near 2-3).", ""]
     load = results.get("load", [])
     if load:
+        rounds = max(r.get("round", 1) for r in load)
         lines += [
-            f"Load: h2load, unary `Recommend(user_id={results.get('user_id')!r}, k=10)`, each target alone on the "
-            "machine, `-c N -m 1` (N outstanding calls). CPU = server processes' CPU time / requests.",
+            f"Load: h2load, unary `Recommend(user_id={results.get('user_id')!r}, k=10)`, `-c N -m 1` (N outstanding "
+            "calls), each target measured while the others sit idle, after an unmeasured warm-up. Echo and the stack "
+            f"ran in {rounds} paired round(s) (echo, then the stack, back to back); each row is the median run of its "
+            "target (by req/s). CPU = server processes' CPU time / requests.",
             "",
             "| target | conc. | req/s | p50 ms | p99 ms | errors (gRPC) | CPU ms/req | CPU by process (ms/req) | load 1m |",
             "|---|---:|---:|---:|---:|---|---:|---|---:|",
         ]
-        for r in load:
+        for r in summary_rows(load):
             errors = "n/a" if r["grpc_errors"] is None else f"{r['grpc_errors'] + r['http_failures']}"
             by = ", ".join(f"{k} {v:.3f}" for k, v in r["cpu_ms_by_process"].items())
             lines.append(
@@ -40,6 +70,14 @@ def markdown(results: dict) -> str:
                 f"| {errors} ({r['grpc_check']}) | {_fmt(r['cpu_ms_per_request'], 3)} | {by} | {_fmt(r.get('load_avg_1m'))} |"
             )
         lines.append("")
+        pairs = paired_rounds(load)
+        if pairs:
+            lines += ["Paired rounds (stack req/s as a share of the echo floor measured just before it):", "",
+                      "| round | conc. | echo req/s | stack req/s | share | stack p99 ms |", "|---:|---:|---:|---:|---:|---:|"]
+            for p in pairs:
+                lines.append(f"| {p['round']} | {p['concurrency']} | {_fmt(p['echo_rps'], 0)} | {_fmt(p['stack_rps'], 0)} "
+                             f"| {p['share']:.0%} | {_fmt(p['stack_p99_ms'])} |")
+            lines.append("")
     index = results.get("index")
     if index:
         ip = index["in_process"]
@@ -86,9 +124,9 @@ def chart(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    load = results.get("load", [])
-    if not load:
+    if not results.get("load"):
         return
+    load = summary_rows(results["load"])
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     labels = [f"{r['target'].split(' ')[0]}\nc={r['concurrency']}" for r in load]  # echo / stack / TFRS
     colors = ["#888888" if r["target"].startswith("echo") else "#1f77b4" if r["target"].startswith("stack") else "#d62728"

@@ -111,11 +111,19 @@ def test_report_writes_json_markdown_and_png(tmp_path):
     row = dict(target="stack (gateway)", concurrency=32, requests=100, http_failures=0, grpc_errors=0,
                grpc_check="server counters", seconds=1.0, rps=100.0, p50_ms=1.0, p99_ms=2.0,
                cpu_ms_per_request=1.0, cpu_ms_by_process={"gateway": 0.5, "query": 0.3, "index": 0.2})
-    results = {"started_at": "now", "machine": "test", "user_id": "1",
-               "load": [{**row, "target": "echo (floor)", "rps": 200.0}, row]}
+    echo = {**row, "target": "echo (floor)", "rps": 200.0}
+    # Three paired rounds: shares 50%, 30%, 45%; the middle stack run is 90 req/s.
+    results = {"started_at": "now", "machine": "test", "user_id": "1", "load": [
+        {**echo, "round": 1}, {**row, "round": 1},
+        {**echo, "round": 2, "rps": 300.0}, {**row, "round": 2, "rps": 90.0, "p99_ms": 31.0},
+        {**echo, "round": 3}, {**row, "round": 3, "rps": 90.0}]}
     results["targets"] = targets(results)
+    by_target = {t["target"]: t for t in results["targets"]}
+    share = by_target["stack c=32 req/s >= 40% of echo"]
+    assert share["met"] and share["figure"].startswith("45% (median of 3 paired rounds: 30%, 45%, 50%)")
+    assert not by_target["stack c=32 p99 <= 30 ms"]["met"]  # the worst round counts
     paths = report.write(results, tmp_path)
     assert json.loads(paths["json"].read_text())["load"][1]["rps"] == 100.0
     text = paths["markdown"].read_text()
-    assert "| stack (gateway) | 32 | 100 |" in text and "50% (100 vs 200)" in text
+    assert "| stack (gateway) | 32 | 90 |" in text and "| 2 | 32 | 300 | 90 | 30% | 31.00 |" in text
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
