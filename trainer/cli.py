@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.config import NEGATIVES, ModelConfig, TrainConfig
+from trainer.config import INITS, NEGATIVES, ModelConfig, TrainConfig
 from trainer.data import DataError
 
 COMMANDS = ("train", "evaluate", "synthetic")
@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--logq-weight", type=float, default=model_defaults.logq_weight,
                        help="--negatives in_batch: exponent on the sampling probability for the logQ "
                             "correction; 0 disables it (default %(default)s)")
+    train.add_argument("--init", choices=INITS, default=model_defaults.init,
+                       help="start from rank-<embedding dim> EASE fitted on the fit data, or from random "
+                            "weights (default %(default)s)")
+    train.add_argument("--ease-lambda", type=float, default=model_defaults.ease_lambda,
+                       help="--init ease: EASE's L2 weight (default %(default)s)")
+    train.add_argument("--init-balance", type=float, default=model_defaults.init_balance,
+                       help="--init ease: share of the singular values put on the history side; 0.5 splits "
+                            "them evenly between the towers (default %(default)s)")
 
     evaluate = commands.add_parser("evaluate", help="recompute HR@K for a published bundle")
     where = evaluate.add_mutually_exclusive_group()
@@ -100,6 +108,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     for name in ("epochs", "batch_size", "learning_rate", "embedding_dim"):
         _positive(name.replace("_", "-"), getattr(args, name))
+    _positive("ease-lambda", args.ease_lambda)
+    if not 0 <= args.init_balance <= 1:
+        raise DataError(f"--init-balance must be in [0, 1], got {args.init_balance}")
     if args.user_id_dim < 0:
         raise DataError(f"--user-id-dim must be 0 or more, got {args.user_id_dim}")
     for name in ("test_fraction", "validation_fraction"):
@@ -121,6 +132,9 @@ def run_train(args: argparse.Namespace) -> int:
             negatives=args.negatives,
             mask_seen=args.mask_seen,
             logq_weight=args.logq_weight,
+            init=args.init,
+            ease_lambda=args.ease_lambda,
+            init_balance=args.init_balance,
         ),
     )
     data_dir = resolve_data_dir(args.data_dir)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 NEGATIVES = ("catalog", "in_batch")
+INITS = ("ease", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +22,9 @@ class ModelConfig:
     negatives: str = "catalog"  # softmax over the whole catalog, or over the batch's positives
     mask_seen: bool = True  # take the user's other training movies out of the softmax
     logq_weight: float = 1.0  # in_batch only: exponent on the sampling probability (1 = full logQ correction)
+    init: str = "random"  # or "ease": start from rank-embedding_dim EASE (trainer.warm_start); see EXPERIMENTS.md
+    ease_lambda: float = 500.0  # EASE's L2 weight λ for the warm start
+    init_balance: float = 0.5  # share of the singular values on the history side (0.5 = sqrt on each side)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -109,6 +109,20 @@ class QueryTower(keras.Model):
         """
         self._history = _ragged_rows(history)
 
+    def warm_start(self, history_table: np.ndarray) -> None:
+        """Sets the history embedding to ``history_table`` (float [items + 1,
+        history_dim]) and the projection to pass it through unchanged, with the
+        other inputs' weights and the bias at zero: the tower's output is then the
+        mean of the history rows. Needs ``history_dim == embedding_dim``."""
+        self(tf.constant(self.user_lookup.get_vocabulary()[:1]))  # builds the layers
+        kernel = np.zeros(self.projection.kernel.shape, dtype=np.float32)
+        dim = self.history_embedding.output_dim
+        if kernel.shape[1] != dim:
+            raise ValueError(f"warm start needs history_dim == embedding_dim, got {dim} and {kernel.shape[1]}")
+        kernel[-dim:] = np.eye(dim, dtype=np.float32)  # the history is the last input part
+        self.history_embedding.set_weights([history_table.astype(np.float32)])
+        self.projection.set_weights([kernel, np.zeros(kernel.shape[1], dtype=np.float32)])
+
     def seen_rows(self, user_ids: tf.Tensor) -> tf.RaggedTensor:
         """user_id: tf.string [batch] -> int ragged [batch, None]: the 1-based item
         rows of each user's watch history (the table the tower pools)."""
@@ -154,6 +168,20 @@ class CandidateTower(keras.Model):
         self.year_embedding = _embedding(items.year_bucket_size, fdim, "year")
         self.title_embedding = _embedding(items.token_count, fdim * 2, "title_tokens")
         self.projection = keras.layers.Dense(config.embedding_dim, name="projection")
+
+    def warm_start(self, item_table: np.ndarray) -> None:
+        """Sets the movie-id embedding to ``item_table`` (float [items + 1,
+        item_id_dim]) and the projection to pass it through unchanged, with the
+        side features' weights and the bias at zero. Needs ``item_id_dim ==
+        embedding_dim``."""
+        self(tf.constant(self.item_lookup.get_vocabulary()[:1]))  # builds the layers
+        kernel = np.zeros(self.projection.kernel.shape, dtype=np.float32)
+        dim = self.item_embedding.output_dim
+        if kernel.shape[1] != dim:
+            raise ValueError(f"warm start needs item_id_dim == embedding_dim, got {dim} and {kernel.shape[1]}")
+        kernel[:dim] = np.eye(dim, dtype=np.float32)  # the movie id is the first input part
+        self.item_embedding.set_weights([item_table.astype(np.float32)])
+        self.projection.set_weights([kernel, np.zeros(kernel.shape[1], dtype=np.float32)])
 
     def call(self, item_ids: tf.Tensor) -> tf.Tensor:
         rows = self.item_lookup(item_ids)

@@ -25,8 +25,9 @@ from trainer import evaluate as ev
 from trainer.data import MovieLens, Ratings, split_rows
 from trainer.export import embed_users, load_user_tower, save_user_tower
 from trainer.config import TrainConfig
-from trainer.features import build_item_features, build_user_features, history_csr, interaction_csr
+from trainer.features import Csr, build_item_features, build_user_features, history_csr, interaction_csr
 from trainer.model import CandidateTower, QueryTower, TwoTowerModel
+from trainer.warm_start import ease_warm_start
 
 EARLY_STOPPING_METRIC = "val_hr_score"
 
@@ -93,17 +94,26 @@ def _batched(tower: keras.Model, ids: np.ndarray, batch_size: int = 8192) -> np.
 
 
 class ValidationHitRate(keras.callbacks.Callback):
-    """After each epoch, HR@10 and HR@100 on the validation slice, both protocols.
+    """Before training and after each epoch, HR@10 and HR@100 on the validation
+    slice, both protocols.
 
     Adds ``val_hr@10``, ``val_hr@100`` (seen excluded), their combination
     EARLY_STOPPING_METRIC = HR@10 + HR@100 / 4, and ``val_hr_all@10``,
     ``val_hr_all@100`` (every movie ranked; logged, not stopped on) to the
-    epoch logs, for EarlyStopping placed after this callback.
+    epoch logs, for EarlyStopping placed after this callback. The scores of the
+    initial weights ("epoch 0", which matter for a warm start) are kept in
+    ``initial`` and those weights in ``initial_weights``.
     """
 
     def __init__(self, embedder: Embedder, data: ev.EvaluationSet, user_ids: np.ndarray):
         super().__init__()
         self._embedder, self._data, self._user_ids = embedder, data, user_ids
+        self.initial: dict[str, float] = {}
+        self.initial_weights: list[np.ndarray] | None = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.on_epoch_end(-1, self.initial)
+        self.initial_weights = self.model.get_weights()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         users, items = self._embedder.users(self._user_ids), self._embedder.items()
@@ -134,7 +144,8 @@ class Fitted:
     model: TwoTowerModel
     embedder: Embedder
     history: dict[str, list[float]]  # Keras History.history
-    best_epoch: int  # 1-based epoch whose weights were kept
+    best_epoch: int  # 1-based epoch whose weights were kept; 0 = the initial weights
+    initial: dict[str, float]  # validation scores of the initial weights (empty without validation)
     seconds: float
 
 
@@ -154,15 +165,18 @@ def fit(ml: MovieLens, split: Split, user_ids: np.ndarray, config: TrainConfig, 
     query_tower = QueryTower(build_user_features(ml.users, user_ids, history_csr(fit_seen)), item_ids, config.model)
     candidate_tower = CandidateTower(build_item_features(ml.items, len(ml.genres)), config.model)
     model = TwoTowerModel(query_tower, candidate_tower, item_ids, config.model)
+    if config.model.init == "ease":
+        _ease_init(split.fit, fit_seen, user_ids, item_ids, query_tower, candidate_tower, config)
     model.compile(optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay))
     embedder = Embedder(query_tower, candidate_tower, item_ids)
 
     fit_share = item_shares(split.fit, item_ids)
-    callbacks = []
+    callbacks, validation = [], None
     if split.validation is not None:
         val_set, val_users = ev.evaluation_set(split.validation, item_ids, user_ids, fit_seen, fit_share)
+        validation = ValidationHitRate(embedder, val_set, val_users)
         callbacks = [
-            ValidationHitRate(embedder, val_set, val_users),
+            validation,
             keras.callbacks.EarlyStopping(
                 monitor=EARLY_STOPPING_METRIC,
                 mode="max",
@@ -178,8 +192,50 @@ def fit(ml: MovieLens, split: Split, user_ids: np.ndarray, config: TrainConfig, 
         verbose=verbose,
     ).history
     epochs_run = len(history["loss"])
-    best_epoch = int(np.argmax(history[EARLY_STOPPING_METRIC])) + 1 if callbacks else epochs_run
-    return Fitted(model, embedder, history, best_epoch, time.monotonic() - started)
+    best_epoch, initial = epochs_run, {}
+    if validation is not None:
+        initial = validation.initial
+        # Index 0 is the initial weights; on a tie the earlier (fewer steps) wins.
+        best_epoch = int(np.argmax([initial[EARLY_STOPPING_METRIC], *history[EARLY_STOPPING_METRIC]]))
+        if best_epoch == 0:
+            model.set_weights(validation.initial_weights)
+            print("restoring the initial weights: no epoch beat them on validation", flush=True)
+    return Fitted(model, embedder, history, best_epoch, initial, time.monotonic() - started)
+
+
+def _ease_init(
+    fit: Ratings,
+    fit_seen: Csr,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    query_tower: QueryTower,
+    candidate_tower: CandidateTower,
+    config: TrainConfig,
+) -> None:
+    """Warm-starts both towers from rank-``embedding_dim`` EASE on the fit interactions."""
+    started = time.monotonic()
+    row_of = {item: row for row, item in enumerate(item_ids.tolist())}
+    pair_items = np.fromiter((row_of[i] for i in fit.items.tolist()), dtype=np.int64, count=len(fit))
+    pair_users = np.searchsorted(user_ids, fit.users)
+    m = config.model
+    start = ease_warm_start(
+        fit_seen,
+        len(item_ids),
+        pair_users,
+        pair_items,
+        lam=m.ease_lambda,
+        rank=m.embedding_dim,
+        balance=m.init_balance,
+        mask_seen=m.mask_seen,
+        seed=config.seed,
+    )
+    query_tower.warm_start(start.history)
+    candidate_tower.warm_start(start.items)
+    print(
+        f"warm start: rank-{m.embedding_dim} EASE (lambda {m.ease_lambda:g}), score scale {start.scale:.3g}, "
+        f"initial loss {start.init_loss:.4f}, {time.monotonic() - started:.1f} s",
+        flush=True,
+    )
 
 
 def train(ml: MovieLens, config: TrainConfig, model_base: Path, verbose: int = 2) -> TrainResult:
@@ -248,6 +304,8 @@ def train(ml: MovieLens, config: TrainConfig, model_base: Path, verbose: int = 2
 
 def _metrics(report: dict | None, factorized: dict[str, float], fitted: Fitted) -> dict[str, float | None]:
     def at_best(key: str) -> float | None:
+        if fitted.best_epoch == 0:
+            return float(fitted.initial[key]) if key in fitted.initial else None
         values = fitted.history.get(key)
         return float(values[fitted.best_epoch - 1]) if values else None
 

@@ -1,0 +1,103 @@
+"""trainer.warm_start: the EASE warm start, in numpy and mapped onto the towers.
+
+The towers initialised from rank-32 EASE must score every (user, movie) pair
+as the numpy factorisation does (times the chosen softmax scale), before any
+training step. Data: a small random interaction matrix made here, and the
+generated MovieLens-layout dataset of the conftest fixture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer.features import Csr
+from trainer.warm_start import dense_interactions, ease_warm_start, ease_weights, factorise, fit_scale
+
+
+def _random_seen(users: int, items: int, density: float, seed: int) -> Csr:
+    rng = np.random.default_rng(seed)
+    return Csr.from_lists([sorted(np.flatnonzero(rng.random(items) < density).tolist()) for _ in range(users)])
+
+
+def test_ease_weights_solve_the_constrained_ridge_regression() -> None:
+    x = dense_interactions(_random_seen(50, 20, 0.3, 0), 20)
+    lam = 5.0
+    b = ease_weights(x, lam)
+    assert np.allclose(np.diag(b), 0.0)
+    # Stationarity of ||X - XB||² + λ||B||² under diag(B) = 0: (XᵀX + λI) B - XᵀX is zero off the diagonal.
+    residual = (x.T @ x + lam * np.eye(20)) @ b - x.T @ x
+    off_diagonal = residual - np.diag(np.diag(residual))
+    assert np.abs(off_diagonal).max() < 1e-8
+
+
+@pytest.mark.parametrize("balance", [0.0, 0.5, 1.0])
+def test_factorisation_is_the_truncated_svd(balance: float) -> None:
+    b = ease_weights(dense_interactions(_random_seen(50, 20, 0.3, 1), 20), 5.0)
+    query_side, item_side = factorise(b, 6, balance)
+    u, s, vt = np.linalg.svd(b)
+    assert np.allclose(query_side @ item_side.T, (u[:, :6] * s[:6]) @ vt[:6])
+    wide_query, wide_item = factorise(b, 32, balance)  # more dimensions than movies: zero padding, exact
+    assert wide_query.shape == (20, 32) and np.allclose(wide_query @ wide_item.T, b)
+
+
+def test_scale_minimises_the_loss() -> None:
+    seen = _random_seen(40, 30, 0.3, 2)
+    x = dense_interactions(seen, 30)
+    users = np.repeat(np.arange(40), np.diff(seen.splits))
+    query_side, item_side = factorise(ease_weights(x, 10.0), 8)
+    items = seen.values.astype(np.int64)
+    scale, loss = fit_scale(x, users, items, query_side, item_side, mask_seen=True)
+    assert scale > 1
+    # The loss by hand: target out of the history, the user's other movies out of the softmax.
+    history = x[users].copy()
+    history[np.arange(len(users)), items] = 0
+    logits = (history @ query_side / np.maximum(history.sum(1, keepdims=True), 1)) @ item_side.T
+    masked = x[users].astype(bool)
+    masked[np.arange(len(users)), items] = False
+
+    def by_hand(c: float) -> float:
+        z = np.where(masked, -np.inf, c * logits)
+        return float(np.mean(np.log(np.exp(z).sum(1)) - c * logits[np.arange(len(users)), items]))
+
+    assert loss == pytest.approx(by_hand(scale), rel=1e-6)
+    assert by_hand(scale / 3) > loss and by_hand(scale * 3) > loss
+    start = ease_warm_start(seen, 30, users, seen.values.astype(np.int64), lam=10.0, rank=8)
+    assert start.scale == pytest.approx(scale) and start.init_loss == pytest.approx(loss)
+    assert start.history.shape == (31, 8) and not start.history[0].any() and not start.items[0].any()
+
+
+@pytest.mark.slow
+def test_warm_started_towers_score_like_rank_32_ease(small_movielens_dir: Path) -> None:
+    import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TFRS is imported)
+    import tf_keras as keras
+
+    from trainer.config import ModelConfig
+    from trainer.data import load_movielens
+    from trainer.features import build_item_features, build_user_features, history_csr, interaction_csr
+    from trainer.model import CandidateTower, QueryTower
+
+    keras.utils.set_random_seed(0)
+    ml = load_movielens(small_movielens_dir)
+    user_ids, item_ids = np.unique(ml.ratings.users), ml.items.ids
+    seen = interaction_csr(ml.ratings, user_ids, item_ids)
+    config = ModelConfig(init="ease")
+    query = QueryTower(build_user_features(ml.users, user_ids, history_csr(seen)), item_ids, config)
+    candidate = CandidateTower(build_item_features(ml.items, len(ml.genres)), config)
+    users = np.repeat(np.arange(len(user_ids)), np.diff(seen.splits))
+    lam = 20.0
+    start = ease_warm_start(seen, len(item_ids), users, seen.values.astype(np.int64), lam=lam, rank=32)
+    query.warm_start(start.history)
+    candidate.warm_start(start.items)
+    scores = query(user_ids).numpy() @ candidate(item_ids).numpy().T
+
+    x = dense_interactions(seen, len(item_ids))
+    query_side, item_side = factorise(ease_weights(x, lam), 32)
+    expected = start.scale * (x @ query_side @ item_side.T) / x.sum(axis=1, keepdims=True)
+    assert np.allclose(scores, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+    # And the ranking equals rank-32 EASE's (the mean pooling only rescales each user's row).
+    u, s, vt = np.linalg.svd(ease_weights(x, lam))
+    ease32 = x @ (u[:, :32] * s[:32]) @ vt[:32]
+    assert np.corrcoef(np.argsort(np.argsort(-scores, axis=1)).ravel(), np.argsort(np.argsort(-ease32, axis=1)).ravel())[0, 1] > 0.999

@@ -1,0 +1,146 @@
+"""Warm start of the two towers from a closed-form item-item model (numpy only).
+
+EASE (Steck, 2019) scores user u's movie j as ``x_u · B[:, j]``, where x_u is the
+user's 0/1 watch vector and the item-item weights are
+
+    G = XᵀX + λI,   P = G⁻¹,   B = I − P · diag(1 / diag(P))   (so diag(B) = 0).
+
+A rank-r truncated SVD B ≈ U S Vᵀ turns that into a two-tower score:
+``x_u · (U S^a) · (V S^(1-a))[j]``. The query tower mean-pools a history
+embedding, which divides by the history length; per user that is a positive
+scale, so the ranking of movies is unchanged. So with
+
+* history-embedding row of movie h = c · (U S^a)[h],
+* movie-id embedding row of movie j = c · (V S^(1-a))[j],
+* both towers' output projections = identity on those parts, zero elsewhere,
+
+the untrained towers rank exactly like rank-r EASE. ``a`` = 1/2 ("balanced")
+splits the singular values evenly. The common factor c sets the softmax
+temperature the fine-tuning starts at: EASE's raw scores are about 1e-3, which
+would make the softmax nearly uniform, so c is chosen (on the fit data, by a
+1-D search) to minimise the same masked catalog softmax loss the model is then
+trained with.
+
+Everything is computed from the *fit* interactions only, so the validation
+slice stays unseen. ``X`` is dense [users, items]: fine for catalogs up to a few
+ten thousand movies (ml-100k has 1,682).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from trainer.features import Csr
+# Candidate softmax scales c², searched on a log grid (then refined around the best).
+_SCALE_GRID = np.logspace(0, 5, 21)
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStart:
+    """Initial embedding tables for the towers, float32 [items + 1, rank]; row 0
+    (the unknown movie) is zero, row r + 1 is catalog row r."""
+
+    history: np.ndarray  # the query tower's history embedding
+    items: np.ndarray  # the candidate tower's movie-id embedding
+    scale: float  # c², the factor applied to the EASE scores
+    init_loss: float  # mean masked softmax loss at that scale, on the sampled fit pairs
+
+
+def dense_interactions(seen: Csr, item_count: int) -> np.ndarray:
+    """0-based user x item-row Csr -> float64 [users, item_count] 0/1 matrix."""
+    x = np.zeros((len(seen.splits) - 1, item_count), dtype=np.float64)
+    rows = np.repeat(np.arange(len(seen.splits) - 1), np.diff(seen.splits))
+    x[rows, seen.values] = 1.0
+    return x
+
+
+def ease_weights(x: np.ndarray, lam: float) -> np.ndarray:
+    """EASE item-item weights: float64 [items, items] with a zero diagonal."""
+    if lam <= 0:
+        raise ValueError(f"EASE lambda must be positive, got {lam}")
+    gram = x.T @ x
+    gram[np.diag_indices_from(gram)] += lam
+    p = np.linalg.inv(gram)
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
+def factorise(b: np.ndarray, rank: int, balance: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Truncated SVD B ≈ (U S^balance)(V S^(1-balance))ᵀ -> (query side, item side), each [items, rank]."""
+    u, s, vt = np.linalg.svd(b)
+    u, s, v = u[:, :rank], s[:rank], vt[:rank].T
+    if len(s) < rank:  # fewer movies than dimensions: the extra dimensions stay zero
+        pad = ((0, 0), (0, rank - len(s)))
+        u, s, v = np.pad(u, pad), np.pad(s, (0, rank - len(s))), np.pad(v, pad)
+    return u * s**balance, v * s ** (1.0 - balance)
+
+
+def _masked_softmax_loss(logits: np.ndarray, targets: np.ndarray, masked: np.ndarray) -> float:
+    """Mean over rows of -log softmax(target), leaving out the ``masked`` columns."""
+    z = np.where(masked, -np.inf, logits)
+    top = z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z - top).sum(axis=1)) + top[:, 0]
+    return float(np.mean(log_norm - logits[np.arange(len(targets)), targets]))
+
+
+def fit_scale(
+    x: np.ndarray,
+    pair_users: np.ndarray,
+    pair_items: np.ndarray,
+    query_side: np.ndarray,
+    item_side: np.ndarray,
+    mask_seen: bool,
+) -> tuple[float, float]:
+    """The factor c² on the mean-pooled scores that minimises the training loss.
+
+    For each (user row, item row) pair the target is taken out of the history
+    (as the query tower does in training) and, with ``mask_seen``, the user's
+    other training movies out of the softmax. Returns (c², loss at c²).
+    """
+    n = np.arange(len(pair_users))
+    history = x[pair_users].copy()
+    history[n, pair_items] = 0.0
+    pooled = history @ query_side / np.maximum(history.sum(axis=1, keepdims=True), 1.0)
+    logits = pooled @ item_side.T
+    masked = x[pair_users].astype(bool) if mask_seen else np.zeros(logits.shape, dtype=bool)
+    masked[n, pair_items] = False
+
+    def loss(scale: float) -> float:
+        return _masked_softmax_loss(scale * logits, pair_items, masked)
+
+    best = min(_SCALE_GRID, key=loss)
+    fine = best * np.logspace(-0.25, 0.25, 11)
+    best = min(fine, key=loss)
+    return float(best), loss(best)
+
+
+def ease_warm_start(
+    seen: Csr,
+    item_count: int,
+    pair_users: np.ndarray,
+    pair_items: np.ndarray,
+    lam: float,
+    rank: int,
+    balance: float = 0.5,
+    mask_seen: bool = True,
+    sample: int = 4000,
+    seed: int = 0,
+) -> WarmStart:
+    """Rank-``rank`` EASE tables for the towers, from the interactions ``seen``
+    (0-based users x item rows) and the training pairs (int rows into the same
+    users and items; a random ``sample`` of them sets the scale)."""
+    x = dense_interactions(seen, item_count)
+    query_side, item_side = factorise(ease_weights(x, lam), rank, balance)
+    if len(pair_users) > sample:
+        pick = np.random.default_rng(seed).choice(len(pair_users), size=sample, replace=False)
+        pair_users, pair_items = pair_users[pick], pair_items[pick]
+    scale, loss = fit_scale(x, pair_users, pair_items, query_side, item_side, mask_seen)
+    root = np.sqrt(scale)
+
+    def table(side: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.zeros((1, rank)), root * side]).astype(np.float32)
+
+    return WarmStart(history=table(query_side), items=table(item_side), scale=scale, init_loss=loss)
