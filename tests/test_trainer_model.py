@@ -107,3 +107,64 @@ def test_row_mask() -> None:
     columns = tf.ragged.constant([[0, 3], [], [1]], dtype=tf.int32)
     expected = [[True, False, False, True], [False] * 4, [False, True, False, False]]
     assert _row_mask(columns, 4).numpy().tolist() == expected
+
+
+def test_time_positions_and_history_positions() -> None:
+    from trainer.data import Ratings
+    from trainer.features import history_csr, interaction_csr
+    from trainer.train import history_positions, time_positions
+
+    ratings = Ratings(
+        users=np.array(["a", "a", "a", "b", "b"]),
+        items=np.array(["3", "1", "2", "2", "1"]),
+        ratings=np.ones(5, dtype=np.int16),
+        timestamps=np.array([30, 10, 20, 5, 5]),  # b: a tie, broken by catalog row
+    )
+    user_ids, item_ids = np.array(["a", "b"]), np.array(["1", "2", "3", "4"])
+    positions = time_positions(ratings, user_ids, item_ids)
+    assert positions.tolist() == [[0, 1, 2, -1], [0, 1, -1, -1]]
+    history = history_csr(interaction_csr(ratings, user_ids, item_ids))
+    table = history_positions(ratings, user_ids, item_ids, history)
+    assert table.splits.tolist() == history.splits.tolist()
+    assert table.values.tolist() == [0, 1, 2, 0, 1]  # history rows hold movies 1, 2, 3 and 1, 2
+
+
+def test_temporal_pooling_in_training_only(small_movielens_dir: Path) -> None:
+    import tensorflow as tf
+
+    from trainer.config import ModelConfig
+    from trainer.data import load_movielens
+    from trainer.features import Csr, build_user_features, history_csr, interaction_csr
+    from trainer.model import QueryTower
+
+    ml = load_movielens(small_movielens_dir)
+    user_ids, item_ids = np.unique(ml.ratings.users), ml.items.ids
+    history = history_csr(interaction_csr(ml.ratings, user_ids, item_ids))
+    tau = 2.0
+    tower = QueryTower(build_user_features(ml.users, user_ids, history), item_ids,
+                       ModelConfig(history_dropout=0.0, history_tau=tau))
+    table = np.random.default_rng(0).normal(size=(len(item_ids) + 1, 32)).astype(np.float32)
+    tower.warm_start(table)  # the output is then the pooled history itself
+    rng = np.random.default_rng(1)
+    positions = Csr(splits=history.splits, values=rng.permutation(len(history.values)).astype(np.float32) % 7)
+    tower.set_history_positions(positions)
+    user, row = user_ids[0], 1  # history row 1 = user_ids[0]
+    rows = history.values[history.splits[row] : history.splits[row + 1]]
+    place = positions.values[history.splits[row] : history.splits[row + 1]]
+    target = 1  # predict the user's second history movie
+    item = item_ids[rows[target] - 1]
+    weights = np.exp(-np.abs(place - place[target]) / tau)
+    weights[target] = 0.0
+    expected = (weights[:, None] * table[rows]).sum(0) / weights.sum()
+    got = tower(tf.constant([user]), held_out_item_ids=tf.constant([item]), training=True).numpy()[0]
+    assert np.allclose(got, expected, atol=1e-5)
+    # Not training (validation, serving): the plain mean, also without the target.
+    uniform = np.delete(table[rows], target, axis=0).mean(0)
+    assert np.allclose(tower(tf.constant([user]), held_out_item_ids=tf.constant([item])).numpy()[0], uniform, atol=1e-5)
+    assert np.allclose(tower(tf.constant([user])).numpy()[0], table[rows].mean(0), atol=1e-5)
+    # A new history table drops the positions (they would no longer line up).
+    tower.set_history(history)
+    got = tower(tf.constant([user]), held_out_item_ids=tf.constant([item]), training=True).numpy()[0]
+    assert np.allclose(got, uniform, atol=1e-5)
+    with pytest.raises(ValueError, match="layout"):
+        tower.set_history_positions(Csr(splits=history.splits[:-1], values=positions.values[:-1]))

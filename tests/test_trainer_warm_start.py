@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from trainer.features import Csr
-from trainer.warm_start import dense_interactions, ease_warm_start, ease_weights, factorise, fit_scale
+from trainer.warm_start import dense_interactions, ease_warm_start, ease_weights, factorise, fit_scale, temporal_gram
 
 
 def _random_seen(users: int, items: int, density: float, seed: int) -> Csr:
@@ -31,6 +31,59 @@ def test_ease_weights_solve_the_constrained_ridge_regression() -> None:
     residual = (x.T @ x + lam * np.eye(20)) @ b - x.T @ x
     off_diagonal = residual - np.diag(np.diag(residual))
     assert np.abs(off_diagonal).max() < 1e-8
+
+
+def test_temporal_gram_by_hand() -> None:
+    # user 0 rates movies 2, 0, 1 at times 5, 1, 3 -> time order 0, 1, 2 (positions 0, 1, 2);
+    # user 1 rates movies 3 and 1 at the same time (tie: by movie row -> 1 at 0, 3 at 1), then 0.
+    users = np.array([0, 0, 0, 1, 1, 1])
+    items = np.array([2, 0, 1, 3, 1, 0])
+    times = np.array([5, 1, 3, 7, 7, 9])
+    tau = 2.0
+    gram = temporal_gram(users, items, times, 5, tau)
+    e = lambda k: np.exp(-k / tau)  # noqa: E731
+    expected = np.zeros((5, 5))
+    for order in ([0, 1, 2], [1, 3, 0]):  # each user's movies in time order
+        for pa, a in enumerate(order):
+            for pb, b in enumerate(order):
+                expected[a, b] += e(abs(pa - pb))
+    assert np.allclose(gram, expected)
+    assert gram[0, 1] == pytest.approx(e(1) + e(2)) and gram[4].sum() == 0  # movie 4: never rated
+    # A very long time constant gives plain co-occurrence XᵀX; the Gram is PSD.
+    x = dense_interactions(Csr.from_lists([[0, 1, 2], [0, 1, 3]]), 5)
+    assert np.allclose(temporal_gram(users, items, times, 5, 1e12), x.T @ x)
+    assert np.linalg.eigvalsh(gram).min() > -1e-10
+
+
+def test_temporal_gram_of_random_data_against_a_direct_sum() -> None:
+    rng = np.random.default_rng(3)
+    users, items, times = [], [], []
+    for user in range(12):
+        movies = rng.choice(15, size=rng.integers(1, 10), replace=False)
+        users += [user] * len(movies)
+        items += movies.tolist()
+        times += rng.integers(0, 4, size=len(movies)).tolist()  # many ties
+    users, items, times = np.array(users), np.array(items), np.array(times)
+    tau = 3.0
+    expected = np.zeros((15, 15))
+    for user in range(12):
+        mine = sorted(zip(times[users == user], items[users == user]))  # by time, then movie
+        for pa, (_, a) in enumerate(mine):
+            for pb, (_, b) in enumerate(mine):
+                expected[a, b] += np.exp(-abs(pa - pb) / tau)
+    shuffled = rng.permutation(len(users))  # input order must not matter
+    gram = temporal_gram(users[shuffled], items[shuffled], times[shuffled], 15, tau)
+    assert np.allclose(gram, expected)
+    # EASE on it is the constrained ridge solution with the Gram in place of XᵀX.
+    b = ease_weights(np.zeros((0, 15)), 2.0, gram)
+    residual = (gram + 2.0 * np.eye(15)) @ b - gram
+    assert np.allclose(np.diag(b), 0) and np.abs(residual - np.diag(np.diag(residual))).max() < 1e-8
+    # And the warm start uses it when tau > 0.
+    seen = Csr.from_lists([sorted(items[users == u].tolist()) for u in range(12)])
+    start = ease_warm_start(seen, 15, users, items, lam=2.0, rank=15, tau=tau, pair_timestamps=times)
+    assert np.allclose(start.history[1:] @ start.items[1:].T / start.scale, b, atol=1e-5)
+    with pytest.raises(ValueError, match="pair_timestamps"):
+        ease_warm_start(seen, 15, users, items, lam=2.0, rank=4, tau=tau)
 
 
 @pytest.mark.parametrize("balance", [0.0, 0.5, 1.0])

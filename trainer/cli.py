@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output size of both towers (default %(default)s)")
     train.add_argument("--history-dropout", type=float, default=model_defaults.history_dropout,
                        help="share of each user's history dropped per training example (default %(default)s)")
+    train.add_argument("--history-tau", type=float, default=model_defaults.history_tau,
+                       help="> 0: in training, pool each pair's history with weights exp(-|p - p_target| / tau), "
+                            "p = place in the user's time-ordered ratings; serving always pools uniformly "
+                            "(default %(default)s)")
     train.add_argument("--negatives", choices=NEGATIVES, default=model_defaults.negatives,
                        help="softmax over the whole catalog or over the batch's positives (default %(default)s)")
     train.add_argument("--mask-seen", action=argparse.BooleanOptionalAction, default=model_defaults.mask_seen,
@@ -71,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "weights (default %(default)s)")
     train.add_argument("--ease-lambda", type=float, default=model_defaults.ease_lambda,
                        help="--init ease: EASE's L2 weight (default %(default)s)")
+    train.add_argument("--ease-tau", type=float, default=model_defaults.ease_tau,
+                       help="--init ease: > 0 fits EASE on a time-weighted co-occurrence matrix, in which two "
+                            "movies a user rated k positions apart count exp(-k / tau); 0 = plain co-occurrence "
+                            "(default %(default)s)")
     train.add_argument("--init-balance", type=float, default=model_defaults.init_balance,
                        help="--init ease: share of the singular values put on the history side; 0.5 splits "
                             "them evenly between the towers (default %(default)s)")
@@ -109,6 +117,10 @@ def run_train(args: argparse.Namespace) -> int:
     for name in ("epochs", "batch_size", "learning_rate", "embedding_dim"):
         _positive(name.replace("_", "-"), getattr(args, name))
     _positive("ease-lambda", args.ease_lambda)
+    if args.history_tau < 0:
+        raise DataError(f"--history-tau must be 0 or more, got {args.history_tau}")
+    if args.ease_tau < 0:
+        raise DataError(f"--ease-tau must be 0 or more, got {args.ease_tau}")
     if not 0 <= args.init_balance <= 1:
         raise DataError(f"--init-balance must be in [0, 1], got {args.init_balance}")
     if args.user_id_dim < 0:
@@ -127,13 +139,17 @@ def run_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         model=ModelConfig(
             embedding_dim=args.embedding_dim,
+            # The EASE warm start maps rank-<embedding dim> factors onto these tables.
+            **({"history_dim": args.embedding_dim, "item_id_dim": args.embedding_dim} if args.init == "ease" else {}),
             user_id_dim=args.user_id_dim,
             history_dropout=args.history_dropout,
+            history_tau=args.history_tau,
             negatives=args.negatives,
             mask_seen=args.mask_seen,
             logq_weight=args.logq_weight,
             init=args.init,
             ease_lambda=args.ease_lambda,
+            ease_tau=args.ease_tau,
             init_balance=args.init_balance,
         ),
     )

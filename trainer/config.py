@@ -19,11 +19,13 @@ class ModelConfig:
     history_dim: int = 32  # pooled watch-history embedding
     feature_dim: int = 8  # each categorical side feature
     history_dropout: float = 0.5  # share of history movies dropped per training example
+    history_tau: float = 0.0  # > 0: in training, pool the history with weights exp(-|p - p_target| / tau) (time positions)
     negatives: str = "catalog"  # softmax over the whole catalog, or over the batch's positives
     mask_seen: bool = True  # take the user's other training movies out of the softmax
     logq_weight: float = 1.0  # in_batch only: exponent on the sampling probability (1 = full logQ correction)
     init: str = "random"  # or "ease": start from rank-embedding_dim EASE (trainer.warm_start); see EXPERIMENTS.md
     ease_lambda: float = 500.0  # EASE's L2 weight λ for the warm start
+    ease_tau: float = 0.0  # > 0: EASE on the temporal co-occurrence Gram (trainer.warm_start.temporal_gram); 0 = XᵀX
     init_balance: float = 0.5  # share of the singular values on the history side (0.5 = sqrt on each side)
 
 

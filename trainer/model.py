@@ -47,14 +47,34 @@ def _ragged_rows(table: Csr) -> tf.RaggedTensor:
     return tf.RaggedTensor.from_row_splits(tf.constant(table.values), tf.constant(table.splits))
 
 
-def _mean_pooled(embedding: keras.layers.Embedding, rows: tf.RaggedTensor) -> tf.Tensor:
+def _mean_pooled(embedding: keras.layers.Embedding, rows: tf.RaggedTensor, weights: tf.RaggedTensor | None = None) -> tf.Tensor:
     """Mean of ``embedding`` over each ragged row: int [batch, None] -> float32 [batch, dim].
 
-    Empty rows give zeros.
+    With ``weights`` (float32, the same ragged shape) the weighted mean
+    Σ w·e / Σ w. Empty rows give zeros.
     """
-    vectors = tf.RaggedTensor.from_row_splits(embedding(rows.flat_values), rows.row_splits)
-    count = tf.cast(tf.expand_dims(rows.row_lengths(), 1), tf.float32)
-    return tf.reduce_sum(vectors, axis=1) / tf.maximum(count, 1.0)
+    vectors = embedding(rows.flat_values)
+    if weights is None:
+        count = tf.cast(tf.expand_dims(rows.row_lengths(), 1), tf.float32)
+    else:
+        vectors *= tf.expand_dims(weights.flat_values, 1)
+        count = tf.expand_dims(tf.reduce_sum(weights, axis=1), 1)
+    summed = tf.reduce_sum(tf.RaggedTensor.from_row_splits(vectors, rows.row_splits), axis=1)
+    return summed / tf.maximum(count, 1e-6 if weights is not None else 1.0)
+
+
+def _temporal_weights(positions: tf.RaggedTensor, is_target: tf.RaggedTensor, tau: float) -> tf.RaggedTensor:
+    """exp(-|p - p_target| / tau) per history entry: float32, ragged like ``positions``.
+
+    ``positions`` (float32 ragged [batch, None]): each history movie's place in
+    the user's time-ordered ratings; ``is_target`` (bool, same shape) marks the
+    training target. Rows without the target get weight 1 everywhere.
+    """
+    found = tf.reduce_any(is_target, axis=1)
+    target = tf.where(found, tf.reduce_max(tf.ragged.boolean_mask(positions, is_target), axis=1), 0.0)
+    row = positions.value_rowids()
+    weight = tf.exp(-tf.abs(positions.flat_values - tf.gather(target, row)) / tau)
+    return positions.with_flat_values(tf.where(tf.gather(found, row), weight, tf.ones_like(weight)))
 
 
 def _row_mask(columns: tf.RaggedTensor, width: int) -> tf.Tensor:
@@ -84,6 +104,8 @@ class QueryTower(keras.Model):
     def __init__(self, users: UserFeatures, item_ids: np.ndarray, config: ModelConfig):
         super().__init__(name="query_tower")
         self._history_dropout = config.history_dropout
+        self._history_tau = config.history_tau
+        self._positions: tf.RaggedTensor | None = None
         self.user_lookup = keras.layers.StringLookup(vocabulary=users.ids.tolist(), mask_token=None, name="user_lookup")
         self.item_lookup = keras.layers.StringLookup(vocabulary=item_ids.tolist(), mask_token=None, name="item_lookup")
         self._age = tf.constant(users.age_bucket)
@@ -108,6 +130,19 @@ class QueryTower(keras.Model):
         Takes effect for functions traced afterwards (eager calls, a new export).
         """
         self._history = _ragged_rows(history)
+        self._positions = None  # belonged to the previous table
+
+    def set_history_positions(self, positions: Csr) -> None:
+        """Training only: each history entry's position in its user's time-ordered
+        ratings (float, the same Csr layout as the current history table). With
+        ``history_tau`` > 0, a training pair's history is then pooled with weights
+        exp(-|p - p_target| / history_tau) instead of uniformly. Serving and
+        evaluation (``training`` false) always pool uniformly."""
+        if not np.array_equal(positions.splits, self._history.row_splits.numpy()):
+            raise ValueError("positions must have the history table's layout")
+        self._positions = tf.RaggedTensor.from_row_splits(
+            tf.constant(positions.values, dtype=tf.float32), tf.constant(positions.splits)
+        )
 
     def warm_start(self, history_table: np.ndarray) -> None:
         """Sets the history embedding to ``history_table`` (float [items + 1,
@@ -131,19 +166,25 @@ class QueryTower(keras.Model):
     def call(self, user_ids: tf.Tensor, held_out_item_ids: tf.Tensor | None = None, training=None) -> tf.Tensor:
         rows = self.user_lookup(user_ids)
         history = tf.gather(self._history, rows)
+        weights = None
         if held_out_item_ids is not None:
             held_out = tf.cast(self.item_lookup(held_out_item_ids), history.dtype)
-            history = tf.ragged.boolean_mask(history, tf.not_equal(history, tf.expand_dims(held_out, 1)))
+            is_target = tf.equal(history, tf.expand_dims(held_out, 1))
+            if training and self._history_tau > 0 and self._positions is not None:
+                weights = _temporal_weights(tf.gather(self._positions, rows), is_target, self._history_tau)
+                weights = tf.ragged.boolean_mask(weights, tf.logical_not(is_target))
+            history = tf.ragged.boolean_mask(history, tf.logical_not(is_target))
         if training and self._history_dropout > 0:
-            keep = tf.random.uniform(tf.shape(history.flat_values)) >= self._history_dropout
-            history = tf.ragged.boolean_mask(history, history.with_flat_values(keep))
+            keep = history.with_flat_values(tf.random.uniform(tf.shape(history.flat_values)) >= self._history_dropout)
+            history = tf.ragged.boolean_mask(history, keep)
+            weights = None if weights is None else tf.ragged.boolean_mask(weights, keep)
         parts = [] if self.user_embedding is None else [self.user_embedding(rows)]
         parts += [
             self.age_embedding(tf.gather(self._age, rows)),
             self.gender_embedding(tf.gather(self._gender, rows)),
             self.occupation_embedding(tf.gather(self._occupation, rows)),
             self.zip_embedding(tf.gather(self._zip, rows)),
-            _mean_pooled(self.history_embedding, history),
+            _mean_pooled(self.history_embedding, history, weights),
         ]
         return self.projection(tf.concat(parts, axis=1))
 

@@ -62,6 +62,28 @@ def item_shares(ratings: Ratings, item_ids: np.ndarray) -> np.ndarray:
     return (counts / max(counts.sum(), 1)).astype(np.float32)
 
 
+def time_positions(ratings: Ratings, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+    """float32 [len(user_ids), len(item_ids)]: each rated movie's place (0, 1, ...) in
+    its user's ratings ordered by timestamp, ties by catalog row; -1 where not rated."""
+    row_of = {item: row for row, item in enumerate(item_ids.tolist())}
+    items = np.fromiter((row_of[i] for i in ratings.items.tolist()), dtype=np.int64, count=len(ratings))
+    users = np.searchsorted(user_ids, ratings.users)
+    order = np.lexsort((items, ratings.timestamps, users))
+    users, items = users[order], items[order]
+    starts = np.searchsorted(users, users, side="left")  # first index of each entry's user
+    positions = np.full((len(user_ids), len(item_ids)), -1.0, dtype=np.float32)
+    positions[users, items] = np.arange(len(users)) - starts
+    return positions
+
+
+def history_positions(ratings: Ratings, user_ids: np.ndarray, item_ids: np.ndarray, history: Csr) -> Csr:
+    """The time positions (``time_positions``) of the entries of ``history`` (the
+    query tower's table: row 0 empty, row r + 1 = user r, 1-based item rows)."""
+    positions = time_positions(ratings, user_ids, item_ids)
+    users = np.repeat(np.arange(len(history.splits) - 1), np.diff(history.splits)) - 1
+    return Csr(splits=history.splits, values=positions[users, history.values - 1])
+
+
 def make_dataset(ratings: Ratings, item_ids: np.ndarray, probability: np.ndarray, batch_size: int, shuffle_seed: int | None) -> tf.data.Dataset:
     """Batches of {"user_id", "item_id": tf.string [b], "item_probability": tf.float32 [b]}."""
     row_of = {item: row for row, item in enumerate(item_ids.tolist())}
@@ -162,7 +184,10 @@ def fit(ml: MovieLens, split: Split, user_ids: np.ndarray, config: TrainConfig, 
     keras.utils.set_random_seed(config.seed)
     item_ids = ml.items.ids
     fit_seen = interaction_csr(split.fit, user_ids, item_ids)
-    query_tower = QueryTower(build_user_features(ml.users, user_ids, history_csr(fit_seen)), item_ids, config.model)
+    fit_history = history_csr(fit_seen)
+    query_tower = QueryTower(build_user_features(ml.users, user_ids, fit_history), item_ids, config.model)
+    if config.model.history_tau > 0:
+        query_tower.set_history_positions(history_positions(split.fit, user_ids, item_ids, fit_history))
     candidate_tower = CandidateTower(build_item_features(ml.items, len(ml.genres)), config.model)
     model = TwoTowerModel(query_tower, candidate_tower, item_ids, config.model)
     if config.model.init == "ease":
@@ -228,11 +253,13 @@ def _ease_init(
         balance=m.init_balance,
         mask_seen=m.mask_seen,
         seed=config.seed,
+        tau=m.ease_tau,
+        pair_timestamps=fit.timestamps,
     )
     query_tower.warm_start(start.history)
     candidate_tower.warm_start(start.items)
     print(
-        f"warm start: rank-{m.embedding_dim} EASE (lambda {m.ease_lambda:g}), score scale {start.scale:.3g}, "
+        f"warm start: rank-{m.embedding_dim} EASE (lambda {m.ease_lambda:g}, tau {m.ease_tau:g}), score scale {start.scale:.3g}, "
         f"initial loss {start.init_loss:.4f}, {time.monotonic() - started:.1f} s",
         flush=True,
     )

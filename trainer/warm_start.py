@@ -14,7 +14,12 @@ scale, so the ranking of movies is unchanged. So with
 * movie-id embedding row of movie j = c · (V S^(1-a))[j],
 * both towers' output projections = identity on those parts, zero elsewhere,
 
-the untrained towers rank exactly like rank-r EASE. ``a`` = 1/2 ("balanced")
+the untrained towers rank exactly like rank-r EASE.
+
+Temporal variant (``tau`` > 0): XᵀX is replaced by ``temporal_gram``, in
+which two movies a user rated k positions apart (in time order) co-occur with
+weight exp(-k / tau) instead of 1. Scores are still X·B with the plain 0/1
+history, so serving needs no timestamps. ``a`` = 1/2 ("balanced")
 splits the singular values evenly. The common factor c sets the softmax
 temperature the fine-tuning starts at: EASE's raw scores are about 1e-3, which
 would make the softmax nearly uniform, so c is chosen (on the fit data, by a
@@ -56,11 +61,41 @@ def dense_interactions(seen: Csr, item_count: int) -> np.ndarray:
     return x
 
 
-def ease_weights(x: np.ndarray, lam: float) -> np.ndarray:
-    """EASE item-item weights: float64 [items, items] with a zero diagonal."""
+def temporal_gram(
+    user_rows: np.ndarray, item_rows: np.ndarray, timestamps: np.ndarray, item_count: int, tau: float
+) -> np.ndarray:
+    """Time-weighted co-occurrence: float64 [item_count, item_count].
+
+    Each user's interactions (int rows ``user_rows``, ``item_rows``, one per
+    interaction) are ordered by timestamp, ties by item row, giving positions
+    p = 0..n-1; the user adds K[a, b] = exp(-|p_a - p_b| / tau) for every pair of
+    their movies a, b (the diagonal gets 1 per user, as in XᵀX). K is a
+    Laplacian-kernel Gram matrix, so it is positive semi-definite, and so is the
+    sum. ``tau`` = inf gives XᵀX. A user who rated a movie twice counts it twice.
+    """
+    if tau <= 0:
+        raise ValueError(f"tau must be positive, got {tau}")
+    order = np.lexsort((item_rows, timestamps, user_rows))
+    users, items = user_rows[order], item_rows[order]
+    bounds = np.flatnonzero(np.diff(users)) + 1
+    gram = np.zeros((item_count, item_count), dtype=np.float64)
+    for block in np.split(items, bounds):
+        p = np.arange(len(block), dtype=np.float64)
+        kernel = np.exp(-np.abs(p[:, None] - p[None, :]) / tau)
+        if len(np.unique(block)) == len(block):
+            gram[np.ix_(block, block)] += kernel
+        else:  # repeated movies: fancy-index += would keep only one of them
+            np.add.at(gram, (block[:, None], block[None, :]), kernel)
+    return gram
+
+
+def ease_weights(x: np.ndarray, lam: float, gram: np.ndarray | None = None) -> np.ndarray:
+    """EASE item-item weights: float64 [items, items] with a zero diagonal.
+
+    ``gram`` replaces XᵀX (e.g. ``temporal_gram``); ``x`` is then unused."""
     if lam <= 0:
         raise ValueError(f"EASE lambda must be positive, got {lam}")
-    gram = x.T @ x
+    gram = x.T @ x if gram is None else gram.astype(np.float64, copy=True)
     gram[np.diag_indices_from(gram)] += lam
     p = np.linalg.inv(gram)
     b = -p / np.diag(p)[None, :]
@@ -128,12 +163,23 @@ def ease_warm_start(
     mask_seen: bool = True,
     sample: int = 4000,
     seed: int = 0,
+    tau: float = 0.0,
+    pair_timestamps: np.ndarray | None = None,
 ) -> WarmStart:
     """Rank-``rank`` EASE tables for the towers, from the interactions ``seen``
     (0-based users x item rows) and the training pairs (int rows into the same
-    users and items; a random ``sample`` of them sets the scale)."""
+    users and items; a random ``sample`` of them sets the scale).
+
+    ``tau`` > 0 fits EASE on ``temporal_gram`` of the pairs (which then need
+    ``pair_timestamps``) instead of XᵀX; the scores still use the plain 0/1
+    histories, so nothing about time is needed at serving."""
     x = dense_interactions(seen, item_count)
-    query_side, item_side = factorise(ease_weights(x, lam), rank, balance)
+    gram = None
+    if tau > 0:
+        if pair_timestamps is None:
+            raise ValueError("a temporal warm start (tau > 0) needs pair_timestamps")
+        gram = temporal_gram(pair_users, pair_items, pair_timestamps, item_count, tau)
+    query_side, item_side = factorise(ease_weights(x, lam, gram), rank, balance)
     if len(pair_users) > sample:
         pick = np.random.default_rng(seed).choice(len(pair_users), size=sample, replace=False)
         pair_users, pair_items = pair_users[pick], pair_items[pick]
