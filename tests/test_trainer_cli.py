@@ -145,7 +145,7 @@ def test_synthetic_bundle_is_valid(tmp_path: Path) -> None:
 def test_warm_start_flags_parse_and_are_validated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = cli.build_parser().parse_args(["train", "--init", "ease", "--ease-lambda", "300", "--init-balance", "1"])
     assert (args.init, args.ease_lambda, args.init_balance) == ("ease", 300.0, 1.0)
-    assert cli.build_parser().parse_args(["train"]).init == "random"
+    assert cli.build_parser().parse_args(["train"]).init == "ease"
     assert cli.main(["train", "--ease-lambda", "0", "--data-dir", str(tmp_path)]) == 2
     assert "--ease-lambda must be positive" in capsys.readouterr().err
     assert cli.main(["train", "--init-balance", "2", "--data-dir", str(tmp_path)]) == 2

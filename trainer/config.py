@@ -23,9 +23,9 @@ class ModelConfig:
     negatives: str = "catalog"  # softmax over the whole catalog, or over the batch's positives
     mask_seen: bool = True  # take the user's other training movies out of the softmax
     logq_weight: float = 1.0  # in_batch only: exponent on the sampling probability (1 = full logQ correction)
-    init: str = "random"  # or "ease": start from rank-embedding_dim EASE (trainer.warm_start); see EXPERIMENTS.md
-    ease_lambda: float = 500.0  # EASE's L2 weight λ for the warm start
-    ease_tau: float = 0.0  # > 0: EASE on the temporal co-occurrence Gram (trainer.warm_start.temporal_gram); 0 = XᵀX
+    init: str = "ease"  # or "random": start from rank-embedding_dim EASE (trainer.warm_start); see EXPERIMENTS.md
+    ease_lambda: float = 100.0  # EASE's L2 weight λ for the warm start
+    ease_tau: float = 30.0  # > 0: EASE on the temporal co-occurrence Gram (trainer.warm_start.temporal_gram); 0 = XᵀX
     init_balance: float = 0.5  # share of the singular values on the history side (0.5 = sqrt on each side)
 
 
@@ -39,6 +39,6 @@ class TrainConfig:
     epochs: int = 30
     patience: int = 3
     batch_size: int = 1024
-    learning_rate: float = 0.005
+    learning_rate: float = 0.0001  # for the EASE warm start; --init random was tuned at 0.005
     weight_decay: float = 0.0
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
