@@ -1,5 +1,7 @@
 """Command-line client: ``python -m gateway.cli recommend 42 -k 10``, ``similar 50``, ``health``, ``status``.
 
+A new user can be described: ``recommend new-1 --age 30 --gender F --watched 50 --watched 181``.
+
 Prints readable tables; exits non-zero with the gRPC status on failure.
 """
 
@@ -25,9 +27,14 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def cmd_recommend(stub, args) -> str:
+    features = common_pb2.UserFeatures(
+        age=args.age, gender=args.gender, occupation=args.occupation, zip_code=args.zip_code,
+        watched_item_ids=args.watched,
+    )
     response = stub.Recommend(
         gateway_pb2.RecommendRequest(
-            user_id=args.user_id, k=args.k, exclude_seen=args.exclude_seen, exclude_item_ids=args.exclude
+            user_id=args.user_id, k=args.k, exclude_seen=args.exclude_seen, exclude_item_ids=args.exclude,
+            user_features=features if features.ByteSize() else None,
         ),
         timeout=args.timeout,
     )
@@ -79,6 +86,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rec.add_argument("-k", type=int, default=10, help="how many movies (1..1000)")
     rec.add_argument("--exclude-seen", action="store_true", help="leave out movies the user rated in training")
     rec.add_argument("--exclude", action="append", default=[], metavar="ITEM_ID", help="leave out this movie id")
+    new = rec.add_argument_group("a user the model does not know (used only then)")
+    new.add_argument("--age", type=int, default=0, help="age in years")
+    new.add_argument("--gender", default="", help="M or F")
+    new.add_argument("--occupation", default="", help="a MovieLens occupation, e.g. engineer")
+    new.add_argument("--zip-code", default="", help="zip code, e.g. 94110")
+    new.add_argument("--watched", action="append", default=[], metavar="ITEM_ID", help="a movie the user watched")
     rec.set_defaults(run=cmd_recommend)
     sim = sub.add_parser("similar", help="movies most similar to a movie")
     sim.add_argument("item_id")

@@ -26,6 +26,8 @@ from serving.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
 
+_NO_FEATURES = common_pb2.UserFeatures()
+
 # How long to keep using an older common version after a mismatch before
 # trying the query tier's newest again.
 PIN_SECONDS = 1.0
@@ -40,6 +42,7 @@ class RecRequest:
     deadline: float | None  # time.monotonic() by which the caller needs the answer
     genre_filter: common_pb2.GenreFilter | None = None
     request_id: str = ""
+    user_features: common_pb2.UserFeatures | None = None  # for a user the model does not know
 
 
 # (item_id, title, score): plain tuples, built straight from the index's columns.
@@ -140,22 +143,39 @@ class Recommender:
         return ""
 
     async def _embed(self, batch: list[RecRequest], version: str, timeout: float):
-        user_ids = list(dict.fromkeys(r.user_id for r in batch))
+        # One entry per distinct user id; a request carrying features gets its own
+        # entry (two new users may share a placeholder id but not their features).
+        user_ids: list[str] = []
+        features: list[common_pb2.UserFeatures] = []
+        entry_of: dict[str, int] = {}
+        slots = []
+        for r in batch:
+            if r.user_features is None and (slot := entry_of.get(r.user_id)) is not None:
+                slots.append(slot)
+                continue
+            slots.append(len(user_ids))
+            if r.user_features is None:
+                entry_of[r.user_id] = len(user_ids)
+            user_ids.append(r.user_id)
+            features.append(r.user_features or _NO_FEATURES)
         request = query_service_pb2.EmbedUsersRequest(
-            user_ids=user_ids, model_version=version, include_seen=any(r.exclude_seen for r in batch)
+            user_ids=user_ids, model_version=version, include_seen=any(r.exclude_seen for r in batch),
+            user_features=features if any(r.user_features is not None for r in batch) else (),
         )
         response = await _call("query service", self.query.EmbedUsers, request, timeout)
-        return _Embedded(response, {e.user_id: e for e in response.embeddings})
+        embeddings = response.embeddings
+        return _Embedded(response, [embeddings[slot] for slot in slots])
 
     async def _search(self, batch: list[RecRequest], embedded: _Embedded, timeout: float) -> list[RecResult]:
         queries = []
-        for r in batch:
-            user = embedded.by_user[r.user_id]
+        for r, user in zip(batch, embedded.per_request):
             excluded = list(r.exclude_item_ids)
             if r.exclude_seen:
                 excluded.extend(user.seen_item_ids)
+                if user.from_features:
+                    excluded.extend(r.user_features.watched_item_ids)
             query = index_service_pb2.Query(exclude_item_ids=excluded, genre_filter=r.genre_filter)
-            if user.known:
+            if user.known or user.from_features:
                 query.vector.extend(user.values)
             else:
                 query.most_popular = True
@@ -167,9 +187,9 @@ class Recommender:
             *(_call(f"index shard {i}", shard.Search, request, timeout) for i, shard in enumerate(self.index_shards))
         )
         out = []
-        for qi, r in enumerate(batch):
+        for qi, (r, user) in enumerate(zip(batch, embedded.per_request)):
             merged = _merge_top_k([resp.results[qi] for resp in responses], r.k)
-            out.append(RecResult(merged, embedded.model_version, fallback=not embedded.by_user[r.user_id].known))
+            out.append(RecResult(merged, embedded.model_version, fallback=not (user.known or user.from_features)))
         return out
 
     async def _common_version(self, timeout: float) -> str:
@@ -242,7 +262,7 @@ class Recommender:
 @dataclasses.dataclass(frozen=True)
 class _Embedded:
     response: query_service_pb2.EmbedUsersResponse
-    by_user: dict[str, query_service_pb2.UserEmbedding]
+    per_request: list[query_service_pb2.UserEmbedding]  # aligned with the batch
 
     @property
     def model_version(self) -> str:

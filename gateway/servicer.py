@@ -9,6 +9,7 @@ import grpc
 from gateway.recommender import PeerError, Recommender, RecRequest, RecResult
 from recsys.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from serving import request_id
+from serving.user_features import feature_problem
 
 MAX_K = 1000
 DEFAULT_K = 10
@@ -29,6 +30,11 @@ def parse_recommend(request: gateway_pb2.RecommendRequest, deadline: float | Non
         raise InvalidRequest("user_id is required, e.g. \"42\"")
     if len(user_id.encode()) > MAX_USER_ID_BYTES:
         raise InvalidRequest(f"user_id is {len(user_id.encode())} bytes; at most {MAX_USER_ID_BYTES}")
+    features = None
+    if request.HasField("user_features") and request.user_features.ByteSize():
+        features = request.user_features
+        if (problem := feature_problem(features)) is not None:
+            raise InvalidRequest(f"user_features: {problem}")
     return RecRequest(
         user_id,
         parse_k(request.k),
@@ -37,6 +43,7 @@ def parse_recommend(request: gateway_pb2.RecommendRequest, deadline: float | Non
         deadline,
         parse_genre_filter(request),
         request_id.current.get(),
+        features,
     )
 
 

@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402  (after the log-level setting above)
 
 _PROBE_ID = "__recsys_probe__"
+FEATURES_SIGNATURE = "embed_features"  # trainer.export.FEATURES_SIGNATURE
 PRECOMPUTE_BATCH = 4096
 
 
@@ -39,10 +40,40 @@ class UserTower:
     known_vectors: np.ndarray  # float32 [users, dim], row-aligned with users.ids
     _signature: object
     _saved_model: object  # keeps the signature's variables alive
+    _features_signature: object = None  # "embed_features", in towers trained with user features
+    _no_features: np.ndarray | None = None  # the vector of a user about whom nothing is known
+
+    @property
+    def embeds_features(self) -> bool:
+        return self._features_signature is not None
 
     def embed(self, user_ids: list[str]) -> np.ndarray:
         """float32 [n, dim] straight from the SavedModel."""
         outputs = self._signature(user_id=tf.constant(user_ids, dtype=tf.string))
+        return outputs["embedding"].numpy()
+
+    def embed_features(self, features: list) -> tuple[np.ndarray, np.ndarray]:
+        """recsys.v1.UserFeatures [n] -> (float32 [n, dim], bool [n] informative).
+
+        A vector is not informative when it equals the vector of empty features:
+        every value given was unknown to the model, or the model gives those
+        features no weight (e.g. demographics in a tower warm-started from
+        watch histories alone). Such users are better served by the fallback.
+        """
+        vectors = self._run_features(features)
+        informative = ~np.all(np.isclose(vectors, self._no_features[None, :], rtol=1e-5, atol=1e-6), axis=1)
+        return vectors, informative
+
+    def _run_features(self, features: list) -> np.ndarray:
+        width = max(1, max(len(f.watched_item_ids) for f in features))
+        watched = [list(f.watched_item_ids) + [""] * (width - len(f.watched_item_ids)) for f in features]
+        outputs = self._features_signature(
+            age=tf.constant([f.age for f in features], dtype=tf.int32),
+            gender=tf.constant([f.gender for f in features], dtype=tf.string),
+            occupation=tf.constant([f.occupation for f in features], dtype=tf.string),
+            zip_code=tf.constant([f.zip_code for f in features], dtype=tf.string),
+            watched_item_ids=tf.constant(watched, dtype=tf.string),
+        )
         return outputs["embedding"].numpy()
 
     def lookup(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -81,4 +112,27 @@ def load_user_tower(path: Path, manifest: bundle.Manifest) -> UserTower:
         known_vectors[start : start + len(chunk)] = signature(user_id=tf.constant(chunk))["embedding"].numpy()
     if not np.isfinite(out).all() or not np.isfinite(known_vectors).all():
         raise bundle.BundleError(f"{path}/{bundle.USER_TOWER}: produces NaN/Inf embeddings")
-    return UserTower(manifest.version, manifest.embedding_dim, users, known_vectors, signature, saved)
+    features_signature = saved.signatures.get(FEATURES_SIGNATURE)
+    no_features = None
+    if features_signature is not None:
+        no_features = _probe_features(features_signature, path, manifest.embedding_dim)
+    return UserTower(manifest.version, manifest.embedding_dim, users, known_vectors, signature, saved,
+                     features_signature, no_features)
+
+
+def _probe_features(signature, path: Path, dim: int) -> np.ndarray:
+    """Checks the features signature; returns the vector of empty features."""
+    from recsys.v1 import common_pb2
+
+    probe = UserTower(0, dim, None, None, None, None, signature)  # type: ignore[arg-type]
+    features = [common_pb2.UserFeatures(), common_pb2.UserFeatures(age=30, gender="F", zip_code="94110",
+                                                                    watched_item_ids=["1", "?"])]
+    try:
+        out = probe._run_features(features)
+    except (KeyError, TypeError, ValueError, tf.errors.OpError) as exc:
+        raise bundle.BundleError(f"{path}/{bundle.USER_TOWER}: signature {FEATURES_SIGNATURE!r} fails ({exc})") from exc
+    if out.shape != (2, dim) or not np.isfinite(out).all():
+        raise bundle.BundleError(
+            f"{path}/{bundle.USER_TOWER}: signature {FEATURES_SIGNATURE!r} gives {out.shape} or non-finite values"
+        )
+    return out[0]

@@ -14,9 +14,9 @@ from recsys.v1 import query_service_pb2, query_service_pb2_grpc
 from serving.admin import ModelAdminMixin
 from serving.batching import MicroBatcher
 from serving.lifecycle import ModelManager, VersionUnavailable, parse_version
+from serving.user_features import feature_problem
 
 MAX_USER_ID_BYTES = 256
-
 
 class QueryServicer(ModelAdminMixin, query_service_pb2_grpc.QueryServiceServicer):
     service_name = "recsys.v1.QueryService"
@@ -61,6 +61,15 @@ class QueryServicer(ModelAdminMixin, query_service_pb2_grpc.QueryServiceServicer
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"every user id must be 1..{MAX_USER_ID_BYTES} bytes; got one of {len(uid.encode())} bytes",
                 )
+        features = list(request.user_features)
+        if features and len(features) != len(user_ids):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"user_features has {len(features)} entries for {len(user_ids)} user_ids: send one per id, or none",
+            )
+        for i, f in enumerate(features):
+            if (problem := feature_problem(f)) is not None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"user_features[{i}]: {problem}")
         try:
             version, tower = self.manager.get(parse_version(request.model_version))
         except ValueError as exc:
@@ -68,10 +77,22 @@ class QueryServicer(ModelAdminMixin, query_service_pb2_grpc.QueryServiceServicer
         except VersionUnavailable as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         vectors, known = tower.lookup(user_ids)
-        if not known.all():
+        from_features = np.zeros(len(user_ids), dtype=bool)
+        if features and tower.embeds_features:
+            from_features = ~known & np.array([f.ByteSize() > 0 for f in features])
+        if from_features.any():
+            # New users described by the request: one call of the features signature.
+            rows = np.flatnonzero(from_features)
+            loop = asyncio.get_running_loop()
+            embedded, informative = await loop.run_in_executor(
+                self._tf_thread, tower.embed_features, [features[i] for i in rows]
+            )
+            vectors[rows] = embedded
+            from_features[rows[~informative]] = False  # nothing usable: the fallback path below
+        if not (known | from_features).all():
             # Users outside the precomputed table go through the SavedModel, batched
             # with other callers' unknown users.
-            missing = np.flatnonzero(~known)
+            missing = np.flatnonzero(~(known | from_features))
             vectors[missing] = await self.batcher.submit([(tower, user_ids[i]) for i in missing])
         users = tower.users
         return query_service_pb2.EmbedUsersResponse(
@@ -80,9 +101,10 @@ class QueryServicer(ModelAdminMixin, query_service_pb2_grpc.QueryServiceServicer
                     user_id=uid,
                     values=vec,
                     known=bool(is_known),
-                    seen_item_ids=users.seen_item_ids(uid) if request.include_seen else (),
+                    seen_item_ids=users.seen_item_ids(uid) if request.include_seen and is_known else (),
+                    from_features=bool(by_features),
                 )
-                for uid, vec, is_known in zip(user_ids, vectors, known)
+                for uid, vec, is_known, by_features in zip(user_ids, vectors, known, from_features)
             ],
             model_version=str(version),
             dimension=tower.dim,

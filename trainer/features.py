@@ -46,6 +46,39 @@ class Csr:
 
 
 @dataclasses.dataclass(frozen=True)
+class UserVocab:
+    """The categorical features' values: index i + 1 of a feature is ``values[i]`` (0 = unknown).
+
+    Kept so that a new user's raw features (``normalize_*``) map to the same
+    indices as in training (the exported ``embed_features`` signature).
+    """
+
+    genders: np.ndarray  # str, as normalised by normalize_gender
+    occupations: np.ndarray  # str, normalize_occupation
+    zip_prefixes: np.ndarray  # str, normalize_zip
+
+
+def normalize_gender(values: np.ndarray) -> np.ndarray:
+    return np.char.upper(np.char.strip(values.astype(str)))
+
+
+def normalize_occupation(values: np.ndarray) -> np.ndarray:
+    return np.char.lower(np.char.strip(values.astype(str)))
+
+
+def normalize_zip(values: np.ndarray) -> np.ndarray:
+    """Zip code -> its first ZIP_PREFIX_LENGTH characters, upper case, space-padded."""
+    padded = np.char.ljust(np.char.strip(values.astype(str)), ZIP_PREFIX_LENGTH)
+    return np.char.upper(padded.astype(f"U{ZIP_PREFIX_LENGTH}"))
+
+
+def age_bucket(ages: np.ndarray) -> np.ndarray:
+    """Ages in years -> 1-based AGE_BOUNDARIES buckets; ages <= 0 (not given) -> 0."""
+    ages = np.asarray(ages)
+    return np.where(ages > 0, np.searchsorted(AGE_BOUNDARIES, ages, side="right") + 1, 0).astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
 class UserFeatures:
     """Query-tower inputs for the users the model knows; tables have len(ids) + 1 rows.
 
@@ -63,6 +96,7 @@ class UserFeatures:
     gender_size: int
     occupation_size: int
     zip_prefix_size: int
+    vocab: UserVocab | None = None
 
     age_bucket_size = len(AGE_BOUNDARIES) + 2
 
@@ -85,10 +119,10 @@ class ItemFeatures:
     year_bucket_size = YEAR_BUCKETS + 1
 
 
-def _categorical(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """str [n] -> (int32 [n] indices 1..k in sorted value order, k + 1)."""
+def _categorical(values: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """str [n] -> (int32 [n] indices 1..k in sorted value order, k + 1, the k values)."""
     vocab, index = np.unique(values, return_inverse=True)
-    return (index + 1).astype(np.int32), len(vocab) + 1
+    return (index + 1).astype(np.int32), len(vocab) + 1, vocab
 
 
 def _with_unknown_row(values: np.ndarray) -> np.ndarray:
@@ -125,16 +159,15 @@ def build_user_features(users: Users, user_ids: np.ndarray, history: Csr) -> Use
     """
     row_of = {uid: r for r, uid in enumerate(users.ids.tolist())}
     rows = np.array([row_of[u] for u in user_ids.tolist()], dtype=np.int64)
-    age_bucket = (np.searchsorted(AGE_BOUNDARIES, users.ages[rows], side="right") + 1).astype(np.int32)
-    gender, gender_size = _categorical(users.genders[rows])
-    occupation, occupation_size = _categorical(users.occupations[rows])
-    zips = np.char.upper(np.char.ljust(users.zips[rows], ZIP_PREFIX_LENGTH).astype(f"U{ZIP_PREFIX_LENGTH}"))
-    zip_prefix, zip_prefix_size = _categorical(zips)
+    ages = age_bucket(users.ages[rows])
+    gender, gender_size, genders = _categorical(normalize_gender(users.genders[rows]))
+    occupation, occupation_size, occupations = _categorical(normalize_occupation(users.occupations[rows]))
+    zip_prefix, zip_prefix_size, zips = _categorical(normalize_zip(users.zips[rows]))
     if len(history.splits) != len(user_ids) + 2:
         raise ValueError(f"history has {len(history.splits) - 1} rows, expected {len(user_ids) + 1}")
     return UserFeatures(
         ids=user_ids,
-        age_bucket=_with_unknown_row(age_bucket),
+        age_bucket=_with_unknown_row(ages),
         gender=_with_unknown_row(gender),
         occupation=_with_unknown_row(occupation),
         zip_prefix=_with_unknown_row(zip_prefix),
@@ -142,6 +175,7 @@ def build_user_features(users: Users, user_ids: np.ndarray, history: Csr) -> Use
         gender_size=gender_size,
         occupation_size=occupation_size,
         zip_prefix_size=zip_prefix_size,
+        vocab=UserVocab(genders=genders, occupations=occupations, zip_prefixes=zips),
     )
 
 

@@ -112,6 +112,8 @@ class QueryTower(keras.Model):
         self._gender = tf.constant(users.gender)
         self._occupation = tf.constant(users.occupation)
         self._zip = tf.constant(users.zip_prefix)
+        # Raw feature values -> the indices above, for the embed_features export.
+        self.feature_vocab = users.vocab
         self.set_history(users.history)
         fdim = config.feature_dim
         self.user_embedding = (
@@ -178,12 +180,25 @@ class QueryTower(keras.Model):
             keep = history.with_flat_values(tf.random.uniform(tf.shape(history.flat_values)) >= self._history_dropout)
             history = tf.ragged.boolean_mask(history, keep)
             weights = None if weights is None else tf.ragged.boolean_mask(weights, keep)
-        parts = [] if self.user_embedding is None else [self.user_embedding(rows)]
+        return self.encode(
+            tf.gather(self._age, rows), tf.gather(self._gender, rows), tf.gather(self._occupation, rows),
+            tf.gather(self._zip, rows), history, weights, user_rows=rows,
+        )
+
+    def encode(self, age, gender, occupation, zip_prefix, history: tf.RaggedTensor,
+               weights: tf.RaggedTensor | None = None, user_rows: tf.Tensor | None = None) -> tf.Tensor:
+        """Feature indices (int [batch]; 0 = unknown) and history item rows (ragged,
+        1-based) -> query vectors. ``call`` gathers them from the training tables;
+        the exported ``embed_features`` signature takes them from a request
+        (``user_rows`` None: the unknown-user row of the user-id embedding)."""
+        parts = []
+        if self.user_embedding is not None:
+            parts.append(self.user_embedding(tf.zeros_like(age) if user_rows is None else user_rows))
         parts += [
-            self.age_embedding(tf.gather(self._age, rows)),
-            self.gender_embedding(tf.gather(self._gender, rows)),
-            self.occupation_embedding(tf.gather(self._occupation, rows)),
-            self.zip_embedding(tf.gather(self._zip, rows)),
+            self.age_embedding(age),
+            self.gender_embedding(gender),
+            self.occupation_embedding(occupation),
+            self.zip_embedding(zip_prefix),
             _mean_pooled(self.history_embedding, history, weights),
         ]
         return self.projection(tf.concat(parts, axis=1))

@@ -20,6 +20,20 @@ MODEL_VERSION_STATE_AVAILABLE: ModelVersionState
 MODEL_VERSION_STATE_FAILED: ModelVersionState
 MODEL_VERSION_STATE_UNLOADED: ModelVersionState
 
+class UserFeatures(_message.Message):
+    __slots__ = ("age", "gender", "occupation", "zip_code", "watched_item_ids")
+    AGE_FIELD_NUMBER: _ClassVar[int]
+    GENDER_FIELD_NUMBER: _ClassVar[int]
+    OCCUPATION_FIELD_NUMBER: _ClassVar[int]
+    ZIP_CODE_FIELD_NUMBER: _ClassVar[int]
+    WATCHED_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    age: int
+    gender: str
+    occupation: str
+    zip_code: str
+    watched_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, age: _Optional[int] = ..., gender: _Optional[str] = ..., occupation: _Optional[str] = ..., zip_code: _Optional[str] = ..., watched_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class GenreFilter(_message.Message):
     __slots__ = ("include_genres", "exclude_genres")
     INCLUDE_GENRES_FIELD_NUMBER: _ClassVar[int]

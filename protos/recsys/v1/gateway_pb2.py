@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recsys.v1 import common_pb2 as recsys_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17recsys/v1/gateway.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\x8c\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x14\n\x0c\x65xclude_seen\x18\x03 \x01(\x08\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12,\n\x0cgenre_filter\x18\x05 \x01(\x0b\x32\x16.recsys.v1.GenreFilter\";\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"b\n\x11RecommendResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\x08\"F\n\x15RecommendBatchRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.recsys.v1.RecommendRequest\"I\n\x16RecommendBatchResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.recsys.v1.RecommendResponse\"y\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12,\n\x0cgenre_filter\x18\x04 \x01(\x0b\x32\x16.recsys.v1.GenreFilter\"S\n\x14SimilarItemsResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t2\xd0\x02\n\x07Gateway\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12U\n\x0eRecommendBatch\x12 .recsys.v1.RecommendBatchRequest\x1a!.recsys.v1.RecommendBatchResponse\x12O\n\x0cSimilarItems\x12\x1e.recsys.v1.SimilarItemsRequest\x1a\x1f.recsys.v1.SimilarItemsResponse\x12U\n\x0eGetModelStatus\x12 .recsys.v1.GetModelStatusRequest\x1a!.recsys.v1.GetModelStatusResponseB\x14Z\x12recsys/v1;recsysv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17recsys/v1/gateway.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\xbc\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x14\n\x0c\x65xclude_seen\x18\x03 \x01(\x08\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12,\n\x0cgenre_filter\x18\x05 \x01(\x0b\x32\x16.recsys.v1.GenreFilter\x12.\n\ruser_features\x18\x06 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\";\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"b\n\x11RecommendResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\x08\"F\n\x15RecommendBatchRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.recsys.v1.RecommendRequest\"I\n\x16RecommendBatchResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.recsys.v1.RecommendResponse\"y\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12,\n\x0cgenre_filter\x18\x04 \x01(\x0b\x32\x16.recsys.v1.GenreFilter\"S\n\x14SimilarItemsResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t2\xd0\x02\n\x07Gateway\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12U\n\x0eRecommendBatch\x12 .recsys.v1.RecommendBatchRequest\x1a!.recsys.v1.RecommendBatchResponse\x12O\n\x0cSimilarItems\x12\x1e.recsys.v1.SimilarItemsRequest\x1a\x1f.recsys.v1.SimilarItemsResponse\x12U\n\x0eGetModelStatus\x12 .recsys.v1.GetModelStatusRequest\x1a!.recsys.v1.GetModelStatusResponseB\x14Z\x12recsys/v1;recsysv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,19 +34,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\022recsys/v1;recsysv1'
   _globals['_RECOMMENDREQUEST']._serialized_start=63
-  _globals['_RECOMMENDREQUEST']._serialized_end=203
-  _globals['_SCOREDITEM']._serialized_start=205
-  _globals['_SCOREDITEM']._serialized_end=264
-  _globals['_RECOMMENDRESPONSE']._serialized_start=266
-  _globals['_RECOMMENDRESPONSE']._serialized_end=364
-  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=366
-  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=436
-  _globals['_RECOMMENDBATCHRESPONSE']._serialized_start=438
-  _globals['_RECOMMENDBATCHRESPONSE']._serialized_end=511
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=513
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=634
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=636
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=719
-  _globals['_GATEWAY']._serialized_start=722
-  _globals['_GATEWAY']._serialized_end=1058
+  _globals['_RECOMMENDREQUEST']._serialized_end=251
+  _globals['_SCOREDITEM']._serialized_start=253
+  _globals['_SCOREDITEM']._serialized_end=312
+  _globals['_RECOMMENDRESPONSE']._serialized_start=314
+  _globals['_RECOMMENDRESPONSE']._serialized_end=412
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=414
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=484
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_start=486
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_end=559
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=561
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=682
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=684
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=767
+  _globals['_GATEWAY']._serialized_start=770
+  _globals['_GATEWAY']._serialized_end=1106
 # @@protoc_insertion_point(module_scope)

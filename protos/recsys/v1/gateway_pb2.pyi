@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "k", "exclude_seen", "exclude_item_ids", "genre_filter")
+    __slots__ = ("user_id", "k", "exclude_seen", "exclude_item_ids", "genre_filter", "user_features")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     GENRE_FILTER_FIELD_NUMBER: _ClassVar[int]
+    USER_FEATURES_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     k: int
     exclude_seen: bool
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     genre_filter: _common_pb2.GenreFilter
-    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., genre_filter: _Optional[_Union[_common_pb2.GenreFilter, _Mapping]] = ...) -> None: ...
+    user_features: _common_pb2.UserFeatures
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., genre_filter: _Optional[_Union[_common_pb2.GenreFilter, _Mapping]] = ..., user_features: _Optional[_Union[_common_pb2.UserFeatures, _Mapping]] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
     __slots__ = ("item_id", "title", "score")
