@@ -159,3 +159,15 @@ def test_temporal_flags_parse_and_are_validated(tmp_path: Path, capsys: pytest.C
     assert "--ease-tau must be 0 or more" in capsys.readouterr().err
     assert cli.main(["train", "--history-tau", "-1", "--data-dir", str(tmp_path)]) == 2
     assert "--history-tau must be 0 or more" in capsys.readouterr().err
+
+
+def test_fine_tune_flags_parse_and_are_validated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.build_parser().parse_args(["train"]).fine_tune == "all"
+    args = cli.build_parser().parse_args(["train", "--fine-tune", "side", "--side-l2", "0.5"])
+    assert (args.fine_tune, args.side_l2) == ("side", 0.5)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "--fine-tune", "history"])
+    assert cli.main(["train", "--side-l2", "-1", "--data-dir", str(tmp_path)]) == 2
+    assert "--side-l2 must be 0 or more" in capsys.readouterr().err
+    assert cli.main(["train", "--fine-tune", "side", "--weight-decay", "0.01", "--data-dir", str(tmp_path)]) == 2
+    assert "--fine-tune side needs --weight-decay 0" in capsys.readouterr().err

@@ -168,3 +168,59 @@ def test_temporal_pooling_in_training_only(small_movielens_dir: Path) -> None:
     assert np.allclose(got, uniform, atol=1e-5)
     with pytest.raises(ValueError, match="layout"):
         tower.set_history_positions(Csr(splits=history.splits[:-1], values=positions.values[:-1]))
+
+
+@pytest.mark.parametrize("side_l2", [0.0, 0.1])
+def test_side_fine_tuning_leaves_the_warm_started_parts_alone(small_movielens_dir: Path, side_l2: float) -> None:
+    """--fine-tune side: after training steps the history / movie-id embeddings and
+    the projection rows that read them are unchanged, while the side features moved."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from trainer.config import ModelConfig
+    from trainer.data import load_movielens
+    from trainer.features import build_item_features, build_user_features, history_csr, interaction_csr
+    from trainer.model import CandidateTower, QueryTower, TwoTowerModel
+
+    keras.utils.set_random_seed(0)
+    ml = load_movielens(small_movielens_dir)
+    user_ids, item_ids = np.unique(ml.ratings.users), ml.items.ids
+    seen = interaction_csr(ml.ratings, user_ids, item_ids)
+    config = ModelConfig(fine_tune="side", side_l2=side_l2)
+    query = QueryTower(build_user_features(ml.users, user_ids, history_csr(seen)), item_ids, config)
+    candidate = CandidateTower(build_item_features(ml.items, len(ml.genres)), config)
+    rng = np.random.default_rng(0)
+    query.warm_start(rng.normal(size=(len(item_ids) + 1, 32)).astype(np.float32))
+    candidate.warm_start(rng.normal(size=(len(item_ids) + 1, 32)).astype(np.float32))
+    model = TwoTowerModel(query, candidate, item_ids, config)
+    model.compile(optimizer=keras.optimizers.AdamW(0.01, weight_decay=0.0))
+    before = {id(v): v.numpy().copy() for v in model.trainable_variables}
+    dataset = tf.data.Dataset.from_tensor_slices(_batch((ml,), size=64)).batch(16)
+    model.fit(dataset, epochs=2, verbose=0)
+
+    def moved(variable) -> np.ndarray:
+        return before[id(variable)] != variable.numpy()
+
+    frozen_rows = [
+        (query.history_embedding.embeddings, slice(None)),
+        (query.projection.kernel, slice(-32, None)),
+        (candidate.item_embedding.embeddings, slice(None)),
+        (candidate.projection.kernel, slice(0, 32)),
+    ]
+    for variable, rows in frozen_rows:
+        assert not moved(variable)[rows].any(), variable.name
+    for variable in (query.age_embedding.embeddings, query.projection.bias, candidate.year_embedding.embeddings,
+                     candidate.title_embedding.embeddings, candidate.genre_projection.kernel):
+        assert moved(variable).any(), variable.name
+    assert moved(query.projection.kernel)[:-32].any() and moved(candidate.projection.kernel)[32:].any()
+    # encode still computes what call computes (the exported embed_features path).
+    rows = query.user_lookup(tf.constant(user_ids[:3]))
+    via_encode = query.encode(tf.gather(query._age, rows), tf.gather(query._gender, rows),
+                              tf.gather(query._occupation, rows), tf.gather(query._zip, rows),
+                              tf.gather(query._history, rows), user_rows=rows)
+    assert np.allclose(via_encode.numpy(), query(tf.constant(user_ids[:3])).numpy(), atol=1e-6)
+
+
+def test_unknown_fine_tune_mode_is_refused(towers) -> None:
+    with pytest.raises(ValueError, match="fine_tune"):
+        _model(towers, fine_tune="history")

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.config import INITS, NEGATIVES, ModelConfig, TrainConfig
+from trainer.config import FINE_TUNES, INITS, NEGATIVES, ModelConfig, TrainConfig
 from trainer.data import DataError
 
 COMMANDS = ("train", "evaluate", "synthetic")
@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-balance", type=float, default=model_defaults.init_balance,
                        help="--init ease: share of the singular values put on the history side; 0.5 splits "
                             "them evenly between the towers (default %(default)s)")
+    train.add_argument("--fine-tune", choices=FINE_TUNES, default=model_defaults.fine_tune,
+                       help="all: train every weight; side: train only the side features (demographics, zip, "
+                            "genres, year, title tokens) and the projection rows that read them, keeping the "
+                            "history / movie-id embeddings and their projection rows frozen (default %(default)s)")
+    train.add_argument("--side-l2", type=float, default=model_defaults.side_l2,
+                       help="--fine-tune side: L2 weight on the trained side-feature weights (default %(default)s)")
 
     evaluate = commands.add_parser("evaluate", help="recompute HR@K for a published bundle")
     where = evaluate.add_mutually_exclusive_group()
@@ -123,6 +129,10 @@ def run_train(args: argparse.Namespace) -> int:
         raise DataError(f"--ease-tau must be 0 or more, got {args.ease_tau}")
     if not 0 <= args.init_balance <= 1:
         raise DataError(f"--init-balance must be in [0, 1], got {args.init_balance}")
+    if args.side_l2 < 0:
+        raise DataError(f"--side-l2 must be 0 or more, got {args.side_l2}")
+    if args.fine_tune == "side" and args.weight_decay > 0:
+        raise DataError("--fine-tune side needs --weight-decay 0 (it would shrink the frozen weights); use --side-l2")
     if args.user_id_dim < 0:
         raise DataError(f"--user-id-dim must be 0 or more, got {args.user_id_dim}")
     for name in ("test_fraction", "validation_fraction"):
@@ -151,6 +161,8 @@ def run_train(args: argparse.Namespace) -> int:
             ease_lambda=args.ease_lambda,
             ease_tau=args.ease_tau,
             init_balance=args.init_balance,
+            fine_tune=args.fine_tune,
+            side_l2=args.side_l2,
         ),
     )
     data_dir = resolve_data_dir(args.data_dir)

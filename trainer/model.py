@@ -39,7 +39,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
-from trainer.config import NEGATIVES, ModelConfig
+from trainer.config import FINE_TUNES, NEGATIVES, ModelConfig
 from trainer.features import Csr, ItemFeatures, UserFeatures
 
 
@@ -160,6 +160,19 @@ class QueryTower(keras.Model):
         self.history_embedding.set_weights([history_table.astype(np.float32)])
         self.projection.set_weights([kernel, np.zeros(kernel.shape[1], dtype=np.float32)])
 
+    def side_variables(self) -> list[tuple[tf.Variable, np.ndarray | None]]:
+        """The weights ``fine_tune="side"`` trains, each with None (all of it) or a
+        float32 row mask of its shape (1 = trained): the feature embeddings (and
+        the user-id embedding, if any), the projection bias and the projection
+        rows that read them. The history embedding and the projection rows that
+        read the pooled history (the last ``history_dim``) are left out."""
+        embeddings = [self.age_embedding, self.gender_embedding, self.occupation_embedding, self.zip_embedding]
+        if self.user_embedding is not None:
+            embeddings.insert(0, self.user_embedding)
+        mask = np.ones(self.projection.kernel.shape, dtype=np.float32)
+        mask[-self.history_embedding.output_dim:] = 0.0
+        return [(e.embeddings, None) for e in embeddings] + [(self.projection.kernel, mask), (self.projection.bias, None)]
+
     def seen_rows(self, user_ids: tf.Tensor) -> tf.RaggedTensor:
         """user_id: tf.string [batch] -> int ragged [batch, None]: the 1-based item
         rows of each user's watch history (the table the tower pools)."""
@@ -239,6 +252,20 @@ class CandidateTower(keras.Model):
         self.item_embedding.set_weights([item_table.astype(np.float32)])
         self.projection.set_weights([kernel, np.zeros(kernel.shape[1], dtype=np.float32)])
 
+    def side_variables(self) -> list[tuple[tf.Variable, np.ndarray | None]]:
+        """As ``QueryTower.side_variables``: the genre, year and title weights, the
+        projection bias and the projection rows after the first ``item_id_dim``
+        (those read the movie-id embedding, which stays frozen)."""
+        mask = np.ones(self.projection.kernel.shape, dtype=np.float32)
+        mask[: self.item_embedding.output_dim] = 0.0
+        return [
+            (self.genre_projection.kernel, None),
+            (self.year_embedding.embeddings, None),
+            (self.title_embedding.embeddings, None),
+            (self.projection.kernel, mask),
+            (self.projection.bias, None),
+        ]
+
     def call(self, item_ids: tf.Tensor) -> tf.Tensor:
         rows = self.item_lookup(item_ids)
         parts = [
@@ -265,6 +292,8 @@ class TwoTowerModel(tfrs.Model):
         super().__init__()
         if config.negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {NEGATIVES}, got {config.negatives!r}")
+        if config.fine_tune not in FINE_TUNES:
+            raise ValueError(f"fine_tune must be one of {FINE_TUNES}, got {config.fine_tune!r}")
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
         self._config = config
@@ -291,9 +320,38 @@ class TwoTowerModel(tfrs.Model):
 
     def train_step(self, inputs):
         """TFRS's step, minus the FactorizedTopK metrics: they are computed only in
-        evaluation (``compute_metrics=not training``) and would read as zeros in the log."""
-        logs = super().train_step(inputs)
+        evaluation (``compute_metrics=not training``) and would read as zeros in the log.
+
+        With ``fine_tune="side"`` only the towers' ``side_variables`` are
+        updated, the projection kernels' gradients masked to their side-feature
+        rows (needs an optimizer without weight decay, which would shrink the
+        frozen rows too), with ``side_l2`` times their squared norm added to the loss."""
+        if self._config.fine_tune == "all":
+            logs = super().train_step(inputs)
+        else:
+            logs = self._side_train_step(inputs)
         return {name: value for name, value in logs.items() if not name.startswith("factorized_top_k")}
+
+    def _side_train_step(self, inputs):
+        parts = [
+            (v, None if m is None else tf.constant(m))
+            for v, m in self.query_tower.side_variables() + self.candidate_tower.side_variables()
+        ]
+        variables = [v for v, _ in parts]
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(inputs, training=True)
+            regularization_loss = tf.constant(0.0)
+            if self._config.side_l2 > 0:
+                regularization_loss = self._config.side_l2 * tf.add_n(
+                    [tf.reduce_sum(tf.square(v if m is None else v * m)) for v, m in parts]
+                )
+            total_loss = loss + regularization_loss
+        gradients = tape.gradient(total_loss, variables)
+        gradients = [g if m is None else g * m for g, (_, m) in zip(gradients, parts)]
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        metrics = {metric.name: metric.result() for metric in self.metrics}
+        metrics.update(loss=loss, regularization_loss=regularization_loss, total_loss=total_loss)
+        return metrics
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         user_ids, item_ids = features["user_id"], features["item_id"]

@@ -192,6 +192,8 @@ def fit(ml: MovieLens, split: Split, user_ids: np.ndarray, config: TrainConfig, 
     model = TwoTowerModel(query_tower, candidate_tower, item_ids, config.model)
     if config.model.init == "ease":
         _ease_init(split.fit, fit_seen, user_ids, item_ids, query_tower, candidate_tower, config)
+    if config.model.fine_tune == "side" and config.weight_decay > 0:
+        raise ValueError("fine_tune 'side' needs weight_decay 0 (AdamW would shrink the frozen rows too); use side_l2")
     model.compile(optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay))
     embedder = Embedder(query_tower, candidate_tower, item_ids)
 
