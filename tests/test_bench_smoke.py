@@ -59,8 +59,10 @@ def test_ghz_configs_parse_and_name_movielens_users_and_items():
     users = {line.split("|")[0] for line in (ML100K / "u.user").read_text(encoding="latin-1").splitlines() if line}
     items = {line.split("|")[0] for line in (ML100K / "u.item").read_text(encoding="latin-1").splitlines() if line}
     genres = {line.split("|")[0] for line in (ML100K / "u.genre").read_text(encoding="latin-1").splitlines() if line}
+    occupations = {line.split("|")[0] for line in (ML100K / "u.occupation").read_text(encoding="latin-1").splitlines() if line}
     configs = list(_ghz_requests())
-    assert {path.name for path, _, _ in configs} >= {"recommend.json", "recommend_batch.json", "similar_items.json"}
+    assert {path.name for path, _, _ in configs} >= {"recommend.json", "recommend_batch.json", "similar_items.json",
+                                                      "recommend_new_users.json"}
     for path, message, data in configs:
         assert data, path
         for entry in data:
@@ -69,7 +71,10 @@ def test_ghz_configs_parse_and_name_movielens_users_and_items():
             for r in inner:
                 fields = r.DESCRIPTOR.fields_by_name
                 if "user_id" in fields:
-                    assert r.user_id in users, (path.name, r.user_id)
+                    # A user the model does not know must describe themselves.
+                    assert r.user_id in users or r.HasField("user_features"), (path.name, r.user_id)
+                    assert set(r.user_features.watched_item_ids) <= items, (path.name, r.user_id)
+                    assert r.user_features.occupation in occupations | {""}, (path.name, r.user_id)
                 if "item_id" in fields:
                     assert r.item_id in items, (path.name, r.item_id)
                 assert set(r.exclude_item_ids) <= items, (path.name, set(r.exclude_item_ids) - items)
