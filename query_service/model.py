@@ -14,7 +14,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402  (after the log-level setting above)
 
 _PROBE_ID = "__recsys_probe__"
-FEATURES_SIGNATURE = "embed_features"  # trainer.export.FEATURES_SIGNATURE
 PRECOMPUTE_BATCH = 4096
 
 
@@ -60,21 +59,9 @@ class UserTower:
         features no weight (e.g. demographics in a tower warm-started from
         watch histories alone). Such users are better served by the fallback.
         """
-        vectors = self._run_features(features)
+        vectors = _run_features(self._features_signature, features)
         informative = ~np.all(np.isclose(vectors, self._no_features[None, :], rtol=1e-5, atol=1e-6), axis=1)
         return vectors, informative
-
-    def _run_features(self, features: list) -> np.ndarray:
-        width = max(1, max(len(f.watched_item_ids) for f in features))
-        watched = [list(f.watched_item_ids) + [""] * (width - len(f.watched_item_ids)) for f in features]
-        outputs = self._features_signature(
-            age=tf.constant([f.age for f in features], dtype=tf.int32),
-            gender=tf.constant([f.gender for f in features], dtype=tf.string),
-            occupation=tf.constant([f.occupation for f in features], dtype=tf.string),
-            zip_code=tf.constant([f.zip_code for f in features], dtype=tf.string),
-            watched_item_ids=tf.constant(watched, dtype=tf.string),
-        )
-        return outputs["embedding"].numpy()
 
     def lookup(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(float32 [n, dim] with rows of unknown users left zero, bool [n] known)."""
@@ -90,9 +77,9 @@ def load_user_tower(path: Path, manifest: bundle.Manifest) -> UserTower:
     _, users = bundle.validate(path, manifest)
     saved = tf.saved_model.load(str(path / bundle.USER_TOWER))
     try:
-        signature = saved.signatures["serving_default"]
+        signature = saved.signatures[bundle.USER_TOWER_SIGNATURE]
     except KeyError as exc:
-        raise bundle.BundleError(f"{path}/{bundle.USER_TOWER}: no 'serving_default' signature") from exc
+        raise bundle.BundleError(f"{path}/{bundle.USER_TOWER}: no {bundle.USER_TOWER_SIGNATURE!r} signature") from exc
     probe = [users.ids[0] if len(users.ids) else _PROBE_ID, _PROBE_ID]
     try:
         out = signature(user_id=tf.constant(probe))["embedding"].numpy()
@@ -112,7 +99,7 @@ def load_user_tower(path: Path, manifest: bundle.Manifest) -> UserTower:
         known_vectors[start : start + len(chunk)] = signature(user_id=tf.constant(chunk))["embedding"].numpy()
     if not np.isfinite(out).all() or not np.isfinite(known_vectors).all():
         raise bundle.BundleError(f"{path}/{bundle.USER_TOWER}: produces NaN/Inf embeddings")
-    features_signature = saved.signatures.get(FEATURES_SIGNATURE)
+    features_signature = saved.signatures.get(bundle.FEATURES_SIGNATURE)
     no_features = None
     if features_signature is not None:
         no_features = _probe_features(features_signature, path, manifest.embedding_dim)
@@ -120,19 +107,32 @@ def load_user_tower(path: Path, manifest: bundle.Manifest) -> UserTower:
                      features_signature, no_features)
 
 
+def _run_features(signature, features: list) -> np.ndarray:
+    """Calls the embed_features signature on recsys.v1.UserFeatures messages."""
+    width = max(1, max(len(f.watched_item_ids) for f in features))
+    watched = [list(f.watched_item_ids) + [""] * (width - len(f.watched_item_ids)) for f in features]
+    outputs = signature(
+        age=tf.constant([f.age for f in features], dtype=tf.int32),
+        gender=tf.constant([f.gender for f in features], dtype=tf.string),
+        occupation=tf.constant([f.occupation for f in features], dtype=tf.string),
+        zip_code=tf.constant([f.zip_code for f in features], dtype=tf.string),
+        watched_item_ids=tf.constant(watched, dtype=tf.string),
+    )
+    return outputs["embedding"].numpy()
+
+
 def _probe_features(signature, path: Path, dim: int) -> np.ndarray:
     """Checks the features signature; returns the vector of empty features."""
     from recsys.v1 import common_pb2
 
-    probe = UserTower(0, dim, None, None, None, None, signature)  # type: ignore[arg-type]
     features = [common_pb2.UserFeatures(), common_pb2.UserFeatures(age=30, gender="F", zip_code="94110",
                                                                     watched_item_ids=["1", "?"])]
     try:
-        out = probe._run_features(features)
+        out = _run_features(signature, features)
     except (KeyError, TypeError, ValueError, tf.errors.OpError) as exc:
-        raise bundle.BundleError(f"{path}/{bundle.USER_TOWER}: signature {FEATURES_SIGNATURE!r} fails ({exc})") from exc
+        raise bundle.BundleError(f"{path}/{bundle.USER_TOWER}: signature {bundle.FEATURES_SIGNATURE!r} fails ({exc})") from exc
     if out.shape != (2, dim) or not np.isfinite(out).all():
         raise bundle.BundleError(
-            f"{path}/{bundle.USER_TOWER}: signature {FEATURES_SIGNATURE!r} gives {out.shape} or non-finite values"
+            f"{path}/{bundle.USER_TOWER}: signature {bundle.FEATURES_SIGNATURE!r} gives {out.shape} or non-finite values"
         )
     return out[0]

@@ -18,6 +18,7 @@ from serving.user_features import feature_problem
 
 MAX_USER_ID_BYTES = 256
 
+
 class QueryServicer(ModelAdminMixin, query_service_pb2_grpc.QueryServiceServicer):
     service_name = "recsys.v1.QueryService"
 

@@ -8,6 +8,8 @@ reader never sees a half-written version. Layout::
     manifest.json             format, version, dims, counts, metrics, sha256 of every file
     user_tower/               SavedModel; signature "serving_default":
                               user_id: tf.string [batch] -> embedding: tf.float32 [batch, dim]
+                              and, for towers with user features, "embed_features"
+                              (a new user's raw features; see trainer/export.py)
     item_embeddings.npy       float32 [items, dim], the candidate tower's output
     item_ids.npy              str [items], MovieLens movie ids ("50"), unique
     item_titles.npy           str [items]
@@ -42,6 +44,8 @@ import numpy as np
 FORMAT = "recsys-bundle/1"
 MANIFEST = "manifest.json"
 USER_TOWER = "user_tower"
+USER_TOWER_SIGNATURE = "serving_default"
+FEATURES_SIGNATURE = "embed_features"
 EVALUATION = "evaluation"
 
 # name -> (dtype kind, ndim). Kind "U" is a fixed-width unicode string.

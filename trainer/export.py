@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-SIGNATURE = "serving_default"
-FEATURES_SIGNATURE = "embed_features"
+from serving import bundle
+
+SIGNATURE = bundle.USER_TOWER_SIGNATURE
+FEATURES_SIGNATURE = bundle.FEATURES_SIGNATURE
 INPUT = "user_id"
 OUTPUT = "embedding"
-FEATURE_INPUTS = ("age", "gender", "occupation", "zip_code", "watched_item_ids")
 
 
 class UserTowerModule(tf.Module):
