@@ -85,6 +85,17 @@ def _row_mask(columns: tf.RaggedTensor, width: int) -> tf.Tensor:
     return hits > 0
 
 
+def _pass_through(projection: keras.layers.Dense, rows: slice, name: str) -> None:
+    """Sets a built Dense layer to copy the input part ``rows`` to its output
+    (identity there, zeros elsewhere, no bias). The part must be as wide as the output."""
+    kernel = np.zeros(projection.kernel.shape, dtype=np.float32)
+    part = kernel[rows]
+    if part.shape[0] != kernel.shape[1]:
+        raise ValueError(f"warm start needs {name} == embedding_dim, got {part.shape[0]} and {kernel.shape[1]}")
+    kernel[rows] = np.eye(kernel.shape[1], dtype=np.float32)
+    projection.set_weights([kernel, np.zeros(kernel.shape[1], dtype=np.float32)])
+
+
 def _embedding(rows: int, dim: int, name: str) -> keras.layers.Embedding:
     return keras.layers.Embedding(
         rows, dim, embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05), name=name
@@ -152,13 +163,9 @@ class QueryTower(keras.Model):
         other inputs' weights and the bias at zero: the tower's output is then the
         mean of the history rows. Needs ``history_dim == embedding_dim``."""
         self(tf.constant(self.user_lookup.get_vocabulary()[:1]))  # builds the layers
-        kernel = np.zeros(self.projection.kernel.shape, dtype=np.float32)
         dim = self.history_embedding.output_dim
-        if kernel.shape[1] != dim:
-            raise ValueError(f"warm start needs history_dim == embedding_dim, got {dim} and {kernel.shape[1]}")
-        kernel[-dim:] = np.eye(dim, dtype=np.float32)  # the history is the last input part
+        _pass_through(self.projection, slice(-dim, None), "history_dim")  # the history is the last input part
         self.history_embedding.set_weights([history_table.astype(np.float32)])
-        self.projection.set_weights([kernel, np.zeros(kernel.shape[1], dtype=np.float32)])
 
     def side_variables(self) -> list[tuple[tf.Variable, np.ndarray | None]]:
         """The weights ``fine_tune="side"`` trains, each with None (all of it) or a
@@ -244,13 +251,9 @@ class CandidateTower(keras.Model):
         side features' weights and the bias at zero. Needs ``item_id_dim ==
         embedding_dim``."""
         self(tf.constant(self.item_lookup.get_vocabulary()[:1]))  # builds the layers
-        kernel = np.zeros(self.projection.kernel.shape, dtype=np.float32)
         dim = self.item_embedding.output_dim
-        if kernel.shape[1] != dim:
-            raise ValueError(f"warm start needs item_id_dim == embedding_dim, got {dim} and {kernel.shape[1]}")
-        kernel[:dim] = np.eye(dim, dtype=np.float32)  # the movie id is the first input part
+        _pass_through(self.projection, slice(0, dim), "item_id_dim")  # the movie id is the first input part
         self.item_embedding.set_weights([item_table.astype(np.float32)])
-        self.projection.set_weights([kernel, np.zeros(kernel.shape[1], dtype=np.float32)])
 
     def side_variables(self) -> list[tuple[tf.Variable, np.ndarray | None]]:
         """As ``QueryTower.side_variables``: the genre, year and title weights, the
