@@ -38,6 +38,7 @@ import dataclasses
 import numpy as np
 
 from trainer.features import Csr
+
 # Candidate softmax scales c², searched on a log grid (then refined around the best).
 _SCALE_GRID = np.logspace(0, 5, 21)
 
