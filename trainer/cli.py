@@ -1,4 +1,4 @@
-"""Command line: ``python -m trainer [train|evaluate|synthetic] ...`` (default: train).
+"""Command line: ``python -m trainer [train|evaluate|tune|synthetic] ...`` (default: train).
 
 Flags default from environment variables where one is named in the help.
 Input errors (missing or malformed data, an unusable bundle) print one line to
@@ -16,7 +16,7 @@ from pathlib import Path
 from trainer.config import FINE_TUNES, INITS, NEGATIVES, ModelConfig, TrainConfig
 from trainer.data import DataError
 
-COMMANDS = ("train", "evaluate", "synthetic")
+COMMANDS = ("train", "evaluate", "tune", "synthetic")
 DEFAULT_MODEL_BASE = "./models/movielens"
 EXIT_INPUT_ERROR = 2
 
@@ -28,7 +28,7 @@ def _model_base_default() -> str:
 def build_parser() -> argparse.ArgumentParser:
     train_defaults, model_defaults = TrainConfig(), ModelConfig()
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", metavar="{train,evaluate,synthetic}")
+    commands = parser.add_subparsers(dest="command", metavar="{train,evaluate,tune,synthetic}")
 
     train = commands.add_parser("train", help="train on MovieLens and publish a bundle (the default command)")
     train.add_argument("--data-dir", type=Path, default=None,
@@ -97,6 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, default=None,
                           help="also write report.json and hr_at_k.png here (never into the bundle)")
 
+    tune = commands.add_parser(
+        "tune", help="cross-validate the warm start's --ease-tau / --ease-lambda on the training part (numpy, no TensorFlow)"
+    )
+    tune.add_argument("--data-dir", type=Path, default=None, help="as for train [env ML100K_DIR]")
+    tune.add_argument("--ratings-file", type=Path, default=None, help="as for train")
+    tune.add_argument("--test-fraction", type=float, default=train_defaults.test_fraction,
+                      help="the share train holds out; those ratings are left out here too (default %(default)s)")
+    tune.add_argument("--seed", type=int, default=train_defaults.seed,
+                      help="the train/test split seed, as for train; also shuffles the folds (default %(default)s)")
+    tune.add_argument("--folds", type=int, default=10, help="K of K-fold cross-validation (default %(default)s)")
+    tune.add_argument("--ease-tau", type=_float_list, default=(20.0, 30.0, 40.0, 60.0, 80.0), metavar="T1,T2,...",
+                      help="temporal scales to try; 0 = plain co-occurrence (default 20,30,40,60,80)")
+    tune.add_argument("--ease-lambda", type=_float_list, default=(60.0, 100.0, 150.0, 200.0, 300.0), metavar="L1,L2,...",
+                      help="L2 weights to try (default 60,100,150,200,300)")
+    tune.add_argument("--embedding-dim", type=int, default=model_defaults.embedding_dim,
+                      help="rank of the warm start = the towers' output size (default %(default)s)")
+    tune.add_argument("--out", type=Path, default=None, help="also write the report as JSON here")
+
     synthetic = commands.add_parser("synthetic", help="publish a synthetic bundle for benchmarks")
     synthetic.add_argument("--model-base", type=Path, required=True)
     synthetic.add_argument("--items", type=int, default=1_000_000)
@@ -105,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--clusters", type=int, default=1000)
     synthetic.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    """'20,30, 40' -> (20.0, 30.0, 40.0), for argparse."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
 
 
 def _positive(name: str, value: float) -> None:
@@ -197,6 +226,49 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_tune(args: argparse.Namespace) -> int:
+    import json
+
+    from trainer.data import load_movielens, resolve_data_dir, split_ratings
+    from trainer.tune import cross_validate, format_table
+
+    _positive("embedding-dim", args.embedding_dim)
+    if any(t < 0 for t in args.ease_tau):
+        raise DataError(f"--ease-tau values must be 0 or more, got {args.ease_tau}")
+    if any(lam <= 0 for lam in args.ease_lambda):
+        raise DataError(f"--ease-lambda values must be positive, got {args.ease_lambda}")
+    if args.folds < 2:
+        raise DataError(f"--folds must be at least 2, got {args.folds}")
+    if not 0 <= args.test_fraction < 1:
+        raise DataError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
+    data_dir = resolve_data_dir(args.data_dir)
+    print(f"data: {data_dir}" + (f" (ratings: {args.ratings_file})" if args.ratings_file else ""), flush=True)
+    ml = load_movielens(data_dir, args.ratings_file)
+    train = split_ratings(ml.ratings, TrainConfig(test_fraction=args.test_fraction, seed=args.seed)).train
+    if len(train) < args.folds:
+        raise DataError(f"{len(train)} training ratings cannot be split into {args.folds} folds")
+    cells = len(set(args.ease_tau)) * len(set(args.ease_lambda))
+    print(f"{len(train)} training ratings (test split left out), {cells} cells x {args.folds} folds", flush=True)
+    report = cross_validate(
+        train,
+        ml.items.ids,
+        args.ease_tau,
+        args.ease_lambda,
+        rank=args.embedding_dim,
+        folds=args.folds,
+        seed=args.seed,
+        progress=lambda line: print(line, flush=True),
+    )
+    report["data_sha256"] = ml.sha256
+    report["test_fraction"] = args.test_fraction
+    print(format_table(report))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
 def run_synthetic(args: argparse.Namespace) -> int:
     from trainer.synthetic import SyntheticConfig, write_synthetic_bundle
 
@@ -216,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     from serving.bundle import BundleError
 
     try:
-        return {"train": run_train, "evaluate": run_evaluate, "synthetic": run_synthetic}[args.command](args)
+        return {"train": run_train, "evaluate": run_evaluate, "tune": run_tune, "synthetic": run_synthetic}[args.command](args)
     except (DataError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR

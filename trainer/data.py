@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.config import TrainConfig
+
 ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 # The md5 GroupLens publishes beside the archive (ml-100k.zip.md5).
 ML100K_MD5 = "0e33842e24a9c977be4e0107933c0723"
@@ -379,3 +381,26 @@ def split_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
 def title_without_year(title: str) -> str:
     """'Toy Story (1995)' -> 'Toy Story'."""
     return _TITLE_YEAR_RE.sub("", title)
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Ratings split into fit / validation (both training data) and test."""
+
+    train: Ratings
+    fit: Ratings
+    validation: Ratings | None
+    test: Ratings | None
+
+
+def split_ratings(ratings: Ratings, config: TrainConfig) -> Split:
+    """The seeded train/test split, then a validation slice of the training part."""
+    train_rows, test_rows = split_rows(len(ratings), config.test_fraction, config.seed)
+    train = ratings.take(train_rows)
+    fit_rows, val_rows = split_rows(len(train), config.validation_fraction, config.seed + 1)
+    return Split(
+        train=train,
+        fit=train.take(fit_rows),
+        validation=train.take(val_rows) if len(val_rows) else None,
+        test=ratings.take(test_rows) if len(test_rows) else None,
+    )

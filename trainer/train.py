@@ -22,7 +22,7 @@ import tf_keras as keras
 from serving import ann
 from serving.bundle import EVALUATION, USER_TOWER, BundleStaging
 from trainer import evaluate as ev
-from trainer.data import MovieLens, Ratings, split_rows
+from trainer.data import MovieLens, Ratings, Split, split_ratings
 from trainer.export import embed_users, load_user_tower, save_user_tower
 from trainer.config import TrainConfig
 from trainer.features import Csr, build_item_features, build_user_features, history_csr, interaction_csr
@@ -30,29 +30,6 @@ from trainer.model import CandidateTower, QueryTower, TwoTowerModel
 from trainer.warm_start import ease_warm_start
 
 EARLY_STOPPING_METRIC = "val_hr_score"
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-    """Ratings split into fit / validation (both training data) and test."""
-
-    train: Ratings
-    fit: Ratings
-    validation: Ratings | None
-    test: Ratings | None
-
-
-def split_ratings(ratings: Ratings, config: TrainConfig) -> Split:
-    """The seeded train/test split, then a validation slice of the training part."""
-    train_rows, test_rows = split_rows(len(ratings), config.test_fraction, config.seed)
-    train = ratings.take(train_rows)
-    fit_rows, val_rows = split_rows(len(train), config.validation_fraction, config.seed + 1)
-    return Split(
-        train=train,
-        fit=train.take(fit_rows),
-        validation=train.take(val_rows) if len(val_rows) else None,
-        test=ratings.take(test_rows) if len(test_rows) else None,
-    )
 
 
 def item_shares(ratings: Ratings, item_ids: np.ndarray) -> np.ndarray:
