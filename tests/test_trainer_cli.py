@@ -153,8 +153,8 @@ def test_warm_start_flags_parse_and_are_validated(tmp_path: Path, capsys: pytest
 
 
 def test_temporal_flags_parse_and_are_validated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = cli.build_parser().parse_args(["train", "--ease-tau", "40", "--history-tau", "20"])
-    assert (args.ease_tau, args.history_tau) == (40.0, 20.0)
+    args = cli.build_parser().parse_args(["train", "--ease-tau", "60", "--history-tau", "20"])
+    assert (args.ease_tau, args.history_tau) == (60.0, 20.0)
     assert cli.main(["train", "--ease-tau", "-1", "--data-dir", str(tmp_path)]) == 2
     assert "--ease-tau must be 0 or more" in capsys.readouterr().err
     assert cli.main(["train", "--history-tau", "-1", "--data-dir", str(tmp_path)]) == 2

@@ -26,7 +26,7 @@ class ModelConfig:
     logq_weight: float = 1.0  # in_batch only: exponent on the sampling probability (1 = full logQ correction)
     init: str = "ease"  # or "random": start from rank-embedding_dim EASE (trainer.warm_start); see EXPERIMENTS.md
     ease_lambda: float = 100.0  # EASE's L2 weight λ for the warm start
-    ease_tau: float = 30.0  # > 0: EASE on the temporal co-occurrence Gram (trainer.warm_start.temporal_gram); 0 = XᵀX
+    ease_tau: float = 40.0  # > 0: EASE on the temporal co-occurrence Gram (trainer.warm_start.temporal_gram); 0 = XᵀX
     init_balance: float = 0.5  # share of the singular values on the history side (0.5 = sqrt on each side)
     fine_tune: str = "all"  # "side": train only the side-feature weights, the history / movie-id parts stay frozen
     side_l2: float = 0.0  # fine_tune "side": L2 weight on the trained side-feature weights (added to the loss)
