@@ -17,6 +17,10 @@ The scores are those of the untrained towers (``trainer.warm_start``):
 between the towers does not change the product). The mean-pooling
 and the softmax scale of the real towers divide each user's scores by a
 positive number, which changes no ranking.
+
+Cost: per fold one [items, items] Gram per tau and one inverse and SVD per
+cell, all dense, as in the warm start itself (fine up to a few ten thousand
+movies; ml-100k's default 5 x 5 grid, 10 folds: about 7 minutes on 2 cores).
 """
 
 from __future__ import annotations
