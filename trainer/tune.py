@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from trainer.data import Ratings
-from trainer.evaluate import hit_rates
+from trainer.evaluate import PROTOCOLS, hit_rates
 from trainer.features import interaction_csr
 from trainer.warm_start import dense_interactions, ease_weights, factorise, temporal_gram
 
@@ -89,7 +89,8 @@ def _hits(
 
     def fold_hits(users: np.ndarray, items: np.ndarray) -> FoldHits:
         hits = {}
-        for protocol, excluded in (("seen_excluded", seen), ("all", None)):
+        for protocol in PROTOCOLS:
+            excluded = seen if protocol == "seen_excluded" else None
             rates = hit_rates(users, items, held_users, held_items, excluded, max_k=max(_KS))
             hits[protocol] = {k: int(round(rates[k - 1] * len(held))) for k in _KS}
         return FoldHits(pairs=len(held), hits=hits)
@@ -150,6 +151,9 @@ def _report(cells: list[Cell], per_fold: list[dict[Cell | str, FoldHits]], **met
     def selection(cell: Cell) -> float:
         return pooled(cell, "seen_excluded", 10) + pooled(cell, "seen_excluded", 100) / 4
 
+    def figures(cell: Cell | str) -> dict[str, float]:
+        return {f"{protocol}/hr@{k}": round(pooled(cell, protocol, k), 6) for protocol in PROTOCOLS for k in _KS}
+
     best = max(cells, key=selection)  # first of equals: the grid's order
     rows = []
     for cell in sorted(cells, key=selection, reverse=True):
@@ -158,27 +162,18 @@ def _report(cells: list[Cell], per_fold: list[dict[Cell | str, FoldHits]], **met
             {
                 "tau": cell.tau,
                 "lambda": cell.lam,
-                **{
-                    f"{protocol}/hr@{k}": round(pooled(cell, protocol, k), 6)
-                    for protocol in ("seen_excluded", "all")
-                    for k in _KS
-                },
+                **figures(cell),
                 "selection": round(selection(cell), 6),
                 "vs_best": round(selection(cell) - selection(best), 6),
                 "vs_best_se": round(float(diffs.std(ddof=1) / np.sqrt(len(diffs))), 6),
             }
         )
-    popularity = {
-        f"{protocol}/hr@{k}": round(pooled(POPULARITY, protocol, k), 6)
-        for protocol in ("seen_excluded", "all")
-        for k in _KS
-    }
     return {
         **meta,
         "pairs": pairs,
         "selection": SELECTION,
         "cells": rows,
-        "popularity": popularity,
+        "popularity": figures(POPULARITY),
         "best": {"tau": best.tau, "lambda": best.lam, "flags": best.flags},
     }
 
