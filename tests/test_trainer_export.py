@@ -38,6 +38,8 @@ def test_manifest_hashes_verify_and_fields_are_complete(published, small_moviele
     for protocol in ("all", "seen_excluded"):  # early-stopping slice, at the kept epoch
         assert 0 <= metrics[f"validation/{protocol}/hr@10"] <= metrics[f"validation/{protocol}/hr@100"] <= 1
     assert training["model"]["negatives"] == "catalog" and training["model"]["mask_seen"] is True
+    # The kept warm start (best epoch 0) is refitted on all training ratings, a trained epoch is not.
+    assert training["refit"] is (training["best_epoch"] == 0 and training["model"]["init"] == "ease")
     assert any(name.startswith("user_tower/") for name in manifest.files)
     assert "evaluation/report.json" in manifest.files
     # An 80-movie catalog is searched exactly; the choice is recorded for the index service.

@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-balance", type=float, default=model_defaults.init_balance,
                        help="--init ease: share of the singular values put on the history side; 0.5 splits "
                             "them evenly between the towers (default %(default)s)")
+    train.add_argument("--refit", action=argparse.BooleanOptionalAction, default=train_defaults.refit,
+                       help="--init ease: when no trained epoch beats the warm start on validation, fit the "
+                            "warm start again on all training ratings (fit + validation) before export "
+                            "(default %(default)s)")
     train.add_argument("--fine-tune", choices=FINE_TUNES, default=model_defaults.fine_tune,
                        help="all: train every weight; side: train only the side features (demographics, zip, "
                             "genres, year, title tokens) and the projection rows that read them, keeping the "
@@ -176,6 +180,7 @@ def run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
+        refit=args.refit,
         model=ModelConfig(
             embedding_dim=args.embedding_dim,
             # The EASE warm start maps rank-<embedding dim> factors onto these tables.

@@ -44,4 +44,5 @@ class TrainConfig:
     batch_size: int = 1024
     learning_rate: float = 0.0001  # for the EASE warm start; --init random was tuned at 0.005
     weight_decay: float = 0.0
+    refit: bool = True  # init "ease" and no epoch beats it: fit the warm start again on all training ratings
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

@@ -4,7 +4,10 @@ The ratings are split once at random into train and test (``test_fraction``,
 ``seed``). A further random ``validation_fraction`` of the *training* ratings
 is held back from fitting and used only for early stopping; the test split is
 never looked at until the final evaluation. The published bundle's seen lists
-and the user tower's watch histories hold all training ratings.
+and the user tower's watch histories hold all training ratings. When the
+validation check keeps the EASE warm start itself (no trained epoch beats it),
+the warm start is fitted again on all training ratings before export
+(``TrainConfig.refit``).
 """
 
 from __future__ import annotations
@@ -145,6 +148,7 @@ class Fitted:
     history: dict[str, list[float]]  # Keras History.history
     best_epoch: int  # 1-based epoch whose weights were kept; 0 = the initial weights
     initial: dict[str, float]  # validation scores of the initial weights (empty without validation)
+    refit: bool  # the kept warm start was fitted again on all training ratings (fit + validation)
     seconds: float
 
 
@@ -196,7 +200,7 @@ def fit(ml: MovieLens, split: Split, user_ids: np.ndarray, config: TrainConfig, 
         verbose=verbose,
     ).history
     epochs_run = len(history["loss"])
-    best_epoch, initial = epochs_run, {}
+    best_epoch, initial, refit = epochs_run, {}, False
     if validation is not None:
         initial = validation.initial
         # Index 0 is the initial weights; on a tie the earlier (fewer steps) wins.
@@ -204,7 +208,13 @@ def fit(ml: MovieLens, split: Split, user_ids: np.ndarray, config: TrainConfig, 
         if best_epoch == 0:
             model.set_weights(validation.initial_weights)
             print("restoring the initial weights: no epoch beat them on validation", flush=True)
-    return Fitted(model, embedder, history, best_epoch, initial, time.monotonic() - started)
+            if config.model.init == "ease" and config.refit:
+                # The closed form has nothing left to select on the validation slice, so,
+                # as after any model selection, it is fitted again on all the training data.
+                train_seen = interaction_csr(split.train, user_ids, item_ids)
+                _ease_init(split.train, train_seen, user_ids, item_ids, query_tower, candidate_tower, config)
+                refit = True
+    return Fitted(model, embedder, history, best_epoch, initial, refit, time.monotonic() - started)
 
 
 def _ease_init(
@@ -216,7 +226,7 @@ def _ease_init(
     candidate_tower: CandidateTower,
     config: TrainConfig,
 ) -> None:
-    """Warm-starts both towers from rank-``embedding_dim`` EASE on the fit interactions."""
+    """Warm-starts both towers from rank-``embedding_dim`` EASE on the interactions ``fit``."""
     started = time.monotonic()
     row_of = {item: row for row, item in enumerate(item_ids.tolist())}
     pair_items = np.fromiter((row_of[i] for i in fit.items.tolist()), dtype=np.int64, count=len(fit))
@@ -238,8 +248,8 @@ def _ease_init(
     query_tower.warm_start(start.history)
     candidate_tower.warm_start(start.items)
     print(
-        f"warm start: rank-{m.embedding_dim} EASE (lambda {m.ease_lambda:g}, tau {m.ease_tau:g}), score scale {start.scale:.3g}, "
-        f"initial loss {start.init_loss:.4f}, {time.monotonic() - started:.1f} s",
+        f"warm start: rank-{m.embedding_dim} EASE (lambda {m.ease_lambda:g}, tau {m.ease_tau:g}) on {len(fit):,} ratings, "
+        f"score scale {start.scale:.3g}, initial loss {start.init_loss:.4f}, {time.monotonic() - started:.1f} s",
         flush=True,
     )
 
@@ -341,6 +351,7 @@ def _training_record(ml: MovieLens, split: Split, config: TrainConfig, fitted: F
         "epochs": config.epochs,
         "epochs_run": len(fitted.history["loss"]),
         "best_epoch": fitted.best_epoch,
+        "refit": fitted.refit,
         "patience": config.patience,
         "batch_size": config.batch_size,
         "learning_rate": config.learning_rate,
