@@ -208,3 +208,153 @@ def test_flags_and_environment(small_movielens_dir: Path, monkeypatch: pytest.Mo
     monkeypatch.delenv("DATA_DIR")
     monkeypatch.setenv("ML100K_DIR", str(small_movielens_dir))
     assert len(read_dataset(parser.parse_args([]), log=lines.append).interactions) == len(dataset.interactions)
+
+
+# --------------------------------------------------------------------------- ml-1m, ml-10m, csv releases
+
+# (id, title, genres) with the awkward cases: ':' and ',' and quotes in titles, a latin-1 letter,
+# a series' year range, no genres, and a movie nobody rated (id 50).
+MOVIES = [
+    ("1", "Toy Story (1995)", "Animation|Children's|Comedy"),
+    ("2", "Star Wars: Episode IV - A New Hope (1977)", "Action|Sci-Fi"),
+    ("3", "American President, The (1995)", "Comedy|Drama|Romance"),
+    ("4", 'Dr. "Strange" Love: Or How (1964)', "Comedy"),
+    ("5", "Misérables, Les (1995)", "Drama"),
+    ("6", "Some Series (2006-2007)", "(no genres listed)"),
+    ("50", "Nobody Saw This (2001)", "Horror"),
+]
+# (user, movie, rating, timestamp); user 3 rates movie 2 twice.
+RATINGS = [
+    ("1", "1", "5", 978300760), ("1", "2", "3", 978302109), ("2", "3", "4", 978301968),
+    ("2", "4", "2", 978300275), ("3", "5", "1", 978824291), ("3", "2", "5", 978302268),
+    ("3", "2", "4", 978302269), ("4", "6", "3", 978300719),
+]  # fmt: skip
+# UserID::Gender::Age::Occupation::Zip-code (1M)
+USERS_1M = [("1", "F", "1", "10", "48067"), ("2", "M", "56", "16", "70072"), ("3", "M", "25", "15", "55117"),
+            ("4", "M", "45", "7", "02460-1234")]  # fmt: skip
+
+
+def write_dat_release(directory: Path, with_users: bool, half_stars: bool = False) -> Path:
+    directory.mkdir(parents=True)
+    encoding = "latin-1" if with_users else "utf-8"  # as the 1M and 10M releases are encoded
+    (directory / "movies.dat").write_text("".join(f"{m}::{t}::{g}\n" for m, t, g in MOVIES), encoding=encoding)
+    rating = (lambda r: f"{int(r) - 0.5}") if half_stars else (lambda r: r)
+    (directory / "ratings.dat").write_text("".join(f"{u}::{m}::{rating(r)}::{t}\n" for u, m, r, t in RATINGS))
+    if with_users:
+        (directory / "users.dat").write_text("".join("::".join(row) + "\n" for row in USERS_1M))
+    else:
+        (directory / "tags.dat").write_text("1::1::funny::978300760\n")
+    return directory
+
+
+def csv_quote(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"' if any(c in value for c in ',"') else value
+
+
+def write_csv_release(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "movies.csv").write_text(
+        "movieId,title,genres\n" + "".join(f"{m},{csv_quote(t)},{g}\n" for m, t, g in MOVIES), encoding="utf-8"
+    )
+    (directory / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n" + "".join(f"{u},{m},{int(r) - 0.5},{t}\n" for u, m, r, t in RATINGS)
+    )
+    (directory / "links.csv").write_text("movieId,imdbId,tmdbId\n1,0114709,862\n")
+    return directory
+
+
+def expected_sets() -> dict[str, set[str]]:
+    return user_item_sets(np.array([r[0] for r in RATINGS]), np.array([r[1] for r in RATINGS]))
+
+
+def assert_movielens_catalog(dataset: Dataset) -> None:
+    items = dataset.items
+    assert items.ids.tolist() == [m for m, _, _ in MOVIES]
+    assert dataset.item_titles.tolist() == [t for _, t, _ in MOVIES]
+    assert len(dataset.interactions) == len(RATINGS) and dataset_sets(dataset) == expected_sets()
+    assert value_of(items, "genres", 0) == ["Animation", "Children's", "Comedy"]
+    assert value_of(items, "genres", 5) == []  # (no genres listed)
+    assert value_of(items, "title", 1) == ["star", "wars", "episode", "iv", "a", "new", "hope"]
+    assert value_of(items, "title", 4) == ["mis", "rables", "les"]
+    assert [value_of(items, "year", r) for r in range(len(MOVIES))] == [1995, 1977, 1995, 1964, 1995, 2006, 2001]
+    assert dataset.genres == tuple(sorted({g for _, _, gs in MOVIES for g in gs.split("|")} - {"(no genres listed)"}))
+    assert dataset.genre_masks()[6] == 1 << dataset.genres.index("Horror")
+    assert 6 not in set(dataset.interactions.items.tolist())  # catalog row without interactions
+    np.testing.assert_array_equal(dataset.interactions.timestamps, [t for *_, t in RATINGS])
+
+
+def test_ml1m_layout(tmp_path: Path) -> None:
+    folder = write_dat_release(tmp_path / "ml-1m", with_users=True)
+    assert detect_format(folder) == "ml-1m"
+    dataset = read_folder(folder)
+    assert dataset.layout == "ml-1m" and set(dataset.files) == {"interactions", "items", "users"}
+    assert_movielens_catalog(dataset)
+    users = dataset.users
+    assert users.ids.tolist() == ["1", "2", "3", "4"]
+    assert [value_of(users, "age", r) for r in range(4)] == [1.0, 56.0, 25.0, 45.0]
+    assert [value_of(users, "occupation", r) for r in range(4)] == [
+        "k-12 student", "self-employed", "scientist", "executive/managerial",
+    ]  # fmt: skip
+    assert [value_of(users, "zip", r) for r in range(4)] == ["48", "70", "55", "02"]
+    assert value_of(users, "gender", 0) == "F"
+
+
+def test_ml10m_layout(tmp_path: Path) -> None:
+    folder = write_dat_release(tmp_path / "ml-10M100K", with_users=False, half_stars=True)
+    assert detect_format(folder) == "ml-10m"
+    dataset = read_folder(folder)
+    assert dataset.layout == "ml-10m" and "users" not in dataset.files
+    assert_movielens_catalog(dataset)
+    assert dataset.users.ids.tolist() == ["1", "2", "3", "4"] and dataset.users.features == ()
+
+
+@pytest.mark.parametrize("release", ["ml-20m", "ml-25m", "ml-32m", "ml-latest", "ml-latest-small", "my-copy"])
+def test_csv_releases(tmp_path: Path, release: str) -> None:
+    folder = write_csv_release(tmp_path / release)
+    assert detect_format(folder) == "ml-csv"
+    dataset = read_folder(folder)
+    assert dataset.layout == (release if release.startswith("ml-") else "ml-csv")
+    assert_movielens_catalog(dataset)
+    assert dataset.users.features == () and (dataset.interactions.weights == 1).all()
+
+
+def test_double_colon_errors_name_the_line(tmp_path: Path) -> None:
+    folder = write_dat_release(tmp_path / "ml-1m", with_users=True)
+    ratings = folder / "ratings.dat"
+    lines = ratings.read_text().splitlines(keepends=True)
+    lines[1:1] = ["1:3::5::978300760\n", "1::3:5:::978300760\n", "1::x::5::978300760\n"]  # lines 2, 3, 4
+    ratings.write_text("".join(lines))
+    with pytest.raises(DataError) as error:
+        read_folder(folder)
+    assert f"{ratings}:2: expected 4 fields separated by '::' (6 ':'), found 5 ':' (2 more malformed rows" in str(error.value)
+    assert "pass --max-bad-rows 3 (or more) to skip them" in str(error.value)
+    (folder / "one.dat").write_text("".join(lines[:1] + lines[2:4]))  # lines 2 and 3 of it are bad
+    with pytest.raises(DataError, match=f"{folder / 'one.dat'}:2: a single ':' where '::' separates fields"):
+        read_folder(folder, ReadOptions(interactions_file=folder / "one.dat"))
+    (folder / "two.dat").write_text("".join(lines[:1] + lines[3:4]))
+    with pytest.raises(DataError, match=f"{folder / 'two.dat'}:2: item 'x' is not an integer"):
+        read_folder(folder, ReadOptions(interactions_file=folder / "two.dat"))
+    dataset = read_folder(folder, ReadOptions(max_bad_rows=3))
+    assert dataset.bad_rows == 3 and dataset_sets(dataset) == expected_sets()
+    movies = folder / "movies.dat"
+    movies.write_text(movies.read_text(encoding="latin-1") + "77::No Genres Field\n", encoding="latin-1")
+    with pytest.raises(DataError, match=f"{movies}:8: expected MovieID::Title::Genres"):
+        read_folder(folder)  # movies.dat is read first
+    with pytest.raises(DataError, match=f"{ratings}:2: .* --max-bad-rows 4 \\(or more\\) to skip them \\(now 3\\)"):
+        read_folder(folder, ReadOptions(max_bad_rows=3))
+    assert read_folder(folder, ReadOptions(max_bad_rows=4)).bad_rows == 4
+
+
+def test_csv_release_errors(tmp_path: Path) -> None:
+    folder = write_csv_release(tmp_path / "ml-latest-small")
+    ratings = folder / "ratings.csv"
+    ratings.write_text(ratings.read_text() + "9,1,4.0,abc\n9,999,4.0,978300760\n")
+    with pytest.raises(DataError, match=f"{ratings}:10: timestamp 'abc' is not an integer"):
+        read_folder(folder)
+    with pytest.raises(DataError, match="1 item ids are not in .*movies.csv: '999'"):
+        read_folder(folder, ReadOptions(max_bad_rows=1))
+    dataset = read_folder(folder, ReadOptions(max_bad_rows=1, allow_unknown_items=True))
+    assert dataset.items.ids[-1] == "999" and len(dataset.items) == len(MOVIES) + 1
+    (folder / "movies.csv").write_text("movieId,name,genres\n1,x,Drama\n")
+    with pytest.raises(DataError, match="no column 'title' \\(the file has: movieId, name, genres\\)"):
+        read_folder(folder)

@@ -104,7 +104,7 @@ def _read(data_dir: Path, options: ReadOptions) -> tuple[Dataset, dict[str, int]
     elif layout in (ML1M, ML10M):
         from trainer.readers import ml_dat
 
-        dataset, counts = ml_dat.read(data_dir, budget, **common)
+        dataset, counts = ml_dat.read(data_dir, budget, layout=layout, **common)
     elif layout == MLCSV:
         from trainer.readers import ml_csv
 

@@ -89,12 +89,10 @@ class BadRowBudget:
             return
         if self.count + total > self.limit:
             more = f" ({total - 1} more malformed rows in this file)" if total > 1 else ""
-            allowance = (
-                f"--max-bad-rows {self.limit} allows {self.limit - self.count} more"
-                if self.limit
-                else "pass --max-bad-rows N to skip up to N malformed rows"
+            raise DataError(
+                f"{rows[0]}{more}; fix the file, or pass --max-bad-rows {self.count + total} (or more) to skip "
+                f"{'them' if total > 1 else 'it'}" + (f" (now {self.limit})" if self.limit else "")
             )
-            raise DataError(f"{rows[0]}{more}; fix the file, or {allowance}")
         self.count += total
         self.skipped.extend(rows[: max(0, SHOWN_BAD_ROWS - len(self.skipped))])
 
@@ -110,6 +108,13 @@ class Delimited:
     quoting: bool = True
     # Quoted values may hold line breaks (item descriptions); line numbers then count records.
     newlines_in_values: bool = False
+    # MovieLens 1M/10M separate fields by '::', read as ':' with an EMPTY column between fields.
+    double_colon: bool = False
+
+    def wrong_width(self, expected: int, actual: int) -> str:
+        if self.double_colon:
+            return f"expected {(expected + 1) // 2} fields separated by '::' ({expected - 1} ':'), found {actual - 1} ':'"
+        return f"expected {expected} fields, got {actual}"
 
 
 def header_names(path: Path, layout: Delimited) -> list[str]:
@@ -219,7 +224,7 @@ def _read_checked(path: Path, layout: Delimited, columns: Mapping[str, Column], 
     wrong_width: list[tuple[int, str]] = []
 
     def on_invalid_row(row) -> str:
-        wrong_width.append((row.number, f"expected {row.expected_columns} fields, got {row.actual_columns}"))
+        wrong_width.append((row.number, layout.wrong_width(row.expected_columns, row.actual_columns)))
         return "skip"
 
     try:
