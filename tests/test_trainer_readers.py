@@ -358,3 +358,196 @@ def test_csv_release_errors(tmp_path: Path) -> None:
     (folder / "movies.csv").write_text("movieId,name,genres\n1,x,Drama\n")
     with pytest.raises(DataError, match="no column 'title' \\(the file has: movieId, name, genres\\)"):
         read_folder(folder)
+
+
+# --------------------------------------------------------------------------- generic layout
+
+ITEMS = [  # item_id, title, tags (multi, ';'), brand (categorical), description (text), price (numeric)
+    ("sku-001", "Trail Shoe, \"Pro\"", "outdoor;running", "Acme", "Light shoe for trails", "89.5"),
+    ("sku-002", "Rain Jacket", "outdoor", "Zenith", "Keeps you dry", ""),
+    ("sku-003", "Yoga Mat", "", "Acme", "", "20"),
+    ("sku-900", "Never Bought", "indoor", "", "Nobody bought it", "5"),
+]
+EVENTS = [  # user_id, item_id, timestamp, weight
+    ("alice@example.com", "sku-001", "2024-05-01T12:00:00Z", "1"),
+    ("alice@example.com", "sku-002", "2024-05-02T08:30:00Z", "2.5"),
+    ("bob", "sku-001", "2024-05-03T00:00:00Z", "1"),
+    ("bob", "sku-001", "2024-05-04T00:00:00Z", "1"),  # again: a second interaction
+    ("u 42", "sku-003", "2024-05-05T00:00:00Z", "0.5"),
+]
+USERS = [("alice@example.com", "FR", "34"), ("bob", "US", ""), ("u 42", "FR", "51")]
+SCHEMA_YAML = """\
+items:
+  features:
+    tags: {kind: multi, separator: ";"}
+    brand: categorical
+    description: text
+    price: numeric
+  genre_filter: tags
+users:
+  features:
+    country: categorical
+    age: numeric
+"""
+
+
+def write_generic(directory: Path, fmt: str, schema: str = "yaml") -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory.mkdir(parents=True)
+    tables = {
+        "interactions": (["user_id", "item_id", "timestamp", "weight", "session"], [(*e, "s1") for e in EVENTS]),
+        "items": (["item_id", "title", "tags", "brand", "description", "price", "color"], [(*i, "red") for i in ITEMS]),
+        "users": (["user_id", "country", "age"], USERS),
+    }
+    for stem, (header, rows) in tables.items():
+        if fmt == "parquet":
+            columns = {name: [row[c] for row in rows] for c, name in enumerate(header)}
+            for numeric in ("weight", "price", "age"):
+                if numeric in columns:
+                    columns[numeric] = [float(v) if v else None for v in columns[numeric]]
+            if "timestamp" in columns:
+                columns["timestamp"] = pa.array(np.array([t[:-1] for t in columns["timestamp"]], dtype="datetime64[s]"))
+            pq.write_table(pa.table(columns), directory / f"{stem}.parquet")
+        elif fmt == "tsv":
+            text = "\t".join(header) + "\n" + "".join("\t".join(row) + "\n" for row in rows)
+            (directory / f"{stem}.tsv").write_text(text)
+        else:
+            text = ",".join(header) + "\n" + "".join(",".join(csv_quote(v) for v in row) + "\n" for row in rows)
+            (directory / f"{stem}.csv").write_text(text)
+    if schema == "yaml":
+        (directory / "schema.yaml").write_text(SCHEMA_YAML)
+    elif schema == "json":
+        import yaml
+
+        (directory / "schema.json").write_text(__import__("json").dumps(yaml.safe_load(SCHEMA_YAML)))
+    return directory
+
+
+@pytest.mark.parametrize(("fmt", "schema"), [("csv", "yaml"), ("tsv", "json"), ("parquet", "yaml")])
+def test_generic_layout_with_every_feature_kind(tmp_path: Path, fmt: str, schema: str) -> None:
+    folder = write_generic(tmp_path / "shop", fmt, schema)
+    assert detect_format(folder) == "generic"
+    lines: list[str] = []
+    parser = argparse.ArgumentParser()
+    add_reader_flags(parser)
+    dataset = read_dataset(parser.parse_args(["--data-dir", str(folder)]), log=lines.append)
+    assert dataset.layout == "generic"
+    items, users = dataset.items, dataset.users
+    assert items.ids.tolist() == [i[0] for i in ITEMS]  # the catalog's order, unbought items included
+    assert dataset.item_titles.tolist() == [i[1] for i in ITEMS]
+    assert {f.name: f.kind for f in items.features} == {"tags": MULTI, "brand": CATEGORICAL, "description": TEXT, "price": NUMERIC}
+    assert [value_of(items, "tags", r) for r in range(4)] == [["outdoor", "running"], ["outdoor"], [], ["indoor"]]
+    assert [value_of(items, "brand", r) for r in range(4)] == ["Acme", "Zenith", "Acme", None]
+    assert value_of(items, "description", 0) == ["light", "shoe", "for", "trails"]
+    assert [value_of(items, "price", r) for r in range(4)] == [89.5, None, 20.0, 5.0]
+    assert dataset.genres == ("indoor", "outdoor", "running")
+    assert dataset.genre_masks().tolist() == [0b110, 0b010, 0, 0b001]
+    assert users.ids.tolist() == [u[0] for u in USERS]
+    assert [value_of(users, "country", r) for r in range(3)] == ["FR", "US", "FR"]
+    assert [value_of(users, "age", r) for r in range(3)] == [34.0, None, 51.0]
+    assert dataset_sets(dataset) == user_item_sets(np.array([e[0] for e in EVENTS]), np.array([e[1] for e in EVENTS]))
+    assert len(dataset.interactions) == len(EVENTS)  # the repeated (bob, sku-001) counts twice
+    assert dataset.interactions.weights.tolist() == [1.0, 2.5, 1.0, 1.0, 0.5]
+    assert dataset.interactions.timestamps.tolist() == [1714564800, 1714638600, 1714694400, 1714780800, 1714867200]
+    assert any("color" in line and "not used" in line for line in lines), lines
+
+
+def test_generic_log_alone_with_integer_timestamps(tmp_path: Path) -> None:
+    folder = tmp_path / "log"
+    folder.mkdir()
+    (folder / "interactions.csv").write_text("item_id,user_id,timestamp\nb,z,10\na,z,20\nc,y,5\n")
+    dataset = read_folder(folder)
+    assert dataset.items.ids.tolist() == ["a", "b", "c"] and dataset.users.ids.tolist() == ["y", "z"]  # sorted
+    assert dataset.items.features == () and dataset.genre_feature is None and dataset.genres == ()
+    assert dataset.item_titles.tolist() == ["a", "b", "c"]
+    assert dataset.interactions.timestamps.tolist() == [10, 20, 5] and (dataset.interactions.weights == 1).all()
+    assert dataset_sets(dataset) == {"z": {"a", "b"}, "y": {"c"}}
+
+
+def test_generic_features_from_flags(tmp_path: Path) -> None:
+    folder = write_generic(tmp_path / "shop", "csv", schema="none")
+    options = ReadOptions(item_features=("tags=multi:;", "price=numeric"), genre_feature="tags", user_features=("age=numeric",))
+    dataset = read_folder(folder, options)
+    assert [f.name for f in dataset.items.features] == ["tags", "price"] and dataset.genres == ("indoor", "outdoor", "running")
+    assert [f.name for f in dataset.users.features] == ["age"]
+
+
+@pytest.mark.parametrize(
+    ("schema", "expected"),
+    [
+        ("items:\n  features:\n    brand: colour\n", "feature 'brand' has kind 'colour'; kinds are categorical, multi, text, numeric"),
+        ("items:\n  features:\n    brand: categorical\n  genre_filter: brand\n", "genre filter 'brand' must be one of the items' multi features"),
+        ("items:\n  features:\n    size: numeric\n", "no column 'size'"),
+        ("itemz: {}\n", "top-level keys are interactions, items, users"),
+        ("items: [\n", "not valid YAML"),
+    ],
+)
+def test_generic_schema_errors(tmp_path: Path, schema: str, expected: str) -> None:
+    folder = write_generic(tmp_path / "shop", "csv", schema="none")
+    (folder / "schema.yaml").write_text(schema)
+    with pytest.raises(DataError, match=re_escape(expected)):
+        read_folder(folder)
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_generic_bad_rows(tmp_path: Path, fmt: str) -> None:
+    folder = write_generic(tmp_path / "shop", fmt)
+    log = folder / f"interactions.{fmt}"
+    sep = "," if fmt == "csv" else "\t"
+    lines = log.read_text().splitlines(keepends=True)
+    lines[2:2] = [sep.join(["carol", "sku-001", "yesterday", "1", "s"]) + "\n",  # line 3
+                  sep.join(["", "sku-001", "2024-05-01", "1", "s"]) + "\n",  # line 4
+                  sep.join(["dave", "sku-002", "2024-05-01", "lots", "s"]) + "\n"]  # line 5
+    log.write_text("".join(lines))
+    with pytest.raises(DataError, match=re_escape(f"{log}:3: timestamp 'yesterday' is not a time")):
+        read_folder(folder)
+    with pytest.raises(DataError, match=re_escape(f"{log}:3: ") + ".*--max-bad-rows 3"):
+        read_folder(folder, ReadOptions(max_bad_rows=2))
+    (folder / "interactions2.csv").write_text(lines[0].replace("\t", ",") + "x,sku-001,1,1,s\ny,sku-001\n")
+    with pytest.raises(DataError, match=re_escape(f"{folder / 'interactions2.csv'}:3: expected 5 fields, got 2")):
+        read_folder(folder, ReadOptions(interactions_file=folder / "interactions2.csv"))
+    (folder / "interactions3.csv").write_text("user_id,item_id,weight\nx,sku-001,lots\n")
+    with pytest.raises(DataError, match=re_escape(f"{folder / 'interactions3.csv'}:2: weight 'lots' is not a number")):
+        read_folder(folder, ReadOptions(interactions_file=folder / "interactions3.csv"))
+    dataset = read_folder(folder, ReadOptions(max_bad_rows=3))
+    assert dataset.bad_rows == 3 and len(dataset.interactions) == len(EVENTS)
+    assert "carol" not in dataset.users.ids.tolist() and "dave" not in dataset.users.ids.tolist()
+
+
+def test_generic_unknown_items_and_users(tmp_path: Path) -> None:
+    folder = write_generic(tmp_path / "shop", "parquet")
+    import pyarrow.parquet as pq
+
+    log = pq.read_table(folder / "interactions.parquet")
+    extra = log.slice(0, 1).to_pydict()
+    extra.update(item_id=["sku-404"], user_id=["zoe"])
+    import pyarrow as pa
+
+    pq.write_table(pa.concat_tables([log, pa.table(extra, schema=log.schema)]), folder / "interactions.parquet")
+    with pytest.raises(DataError, match=re_escape("1 user ids are not in") + ".*'zoe'.*--allow-unknown-users"):
+        read_folder(folder)
+    with pytest.raises(DataError, match=re_escape("1 item ids are not in") + ".*'sku-404' \\(the first in data row 6\\)"):
+        read_folder(folder, ReadOptions(allow_unknown_users=True))
+    dataset = read_folder(folder, ReadOptions(allow_unknown_users=True, allow_unknown_items=True))
+    assert dataset.items.ids[-1] == "sku-404" and value_of(dataset.items, "tags", len(dataset.items) - 1) == []
+    assert dataset.users.ids[-1] == "zoe" and value_of(dataset.users, "country", len(dataset.users) - 1) is None
+
+
+def test_generic_parquet_null_ids_are_bad_rows(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    pq.write_table(pa.table({"user_id": ["a", None, "b"], "item_id": ["x", "y", ""]}), folder / "interactions.parquet")
+    with pytest.raises(DataError, match=re_escape(f"{folder / 'interactions.parquet'}:2: no user_id (1 more")):
+        read_folder(folder)
+    assert len(read_folder(folder, ReadOptions(max_bad_rows=2)).interactions) == 1

@@ -73,9 +73,14 @@ def detect_format(data_dir: Path) -> str:
         return ML1M if "users.dat" in has else ML10M
     if "ratings.csv" in has:
         return MLCSV
+    from trainer.readers import generic
+
+    if generic.looks_generic(data_dir):
+        return GENERIC
     raise DataError(
         f"{data_dir}: no known data layout (it holds: {', '.join(sorted(has)) or 'nothing'}). Expected "
-        "u.data (MovieLens 100k), ratings.dat (1M/10M) or ratings.csv (20M/25M/32M/latest)"
+        "u.data (MovieLens 100k), ratings.dat (1M/10M), ratings.csv (20M/25M/32M/latest) or, for the "
+        f"generic layout, {generic.LOOKED_FOR}; see the README's 'Data layouts'"
     )
 
 
@@ -192,6 +197,8 @@ def read_dataset(args: argparse.Namespace, log: Callable[[str], None] | None = N
         log(f"skipped {dataset.bad_rows} malformed rows (--max-bad-rows {args.max_bad_rows}), first:")
         for row in counts["shown_bad_rows"]:
             log(f"  {row}")
+    for note in counts.get("notes", ()):
+        log(note)
     for role in ("items", "users"):
         if counts.get(f"unknown_{role}"):
             log(f"{counts[f'unknown_{role}']} {role} of the interactions are not in the {role} file: "

@@ -33,18 +33,45 @@ def _strings(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def encode_ids(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """An id column (any type, dictionary-encoded or not) -> (int32 codes [n], str distinct ids [k]).
+    """An id column (integers, strings or dictionary-encoded strings) -> (int32 codes [n], str distinct ids [k]).
 
-    Codes index the distinct ids, numbered by first appearance.
+    Codes index the distinct ids, which are sorted (numerically for integer
+    ids), so the numbering does not depend on the order of the file.
     """
+    if isinstance(values, pa.ChunkedArray) and pa.types.is_integer(values.type):
+        ids = values.to_numpy()
+        low, high = (int(ids.min()), int(ids.max())) if len(ids) else (0, -1)
+        # A lookup table over the id range is several times faster than hashing (ids are dense in practice).
+        if high - low < max(1 << 20, 4 * len(ids)):
+            present = np.zeros(high - low + 1, dtype=bool)
+            present[ids - low] = True
+            distinct = np.flatnonzero(present)
+            lookup = np.zeros(len(present), dtype=np.int32)
+            lookup[distinct] = np.arange(len(distinct), dtype=np.int32)
+            return lookup[ids - low], (distinct + low).astype(str)
     if isinstance(values, pa.ChunkedArray):
         if pa.types.is_dictionary(values.type):
-            values = values.cast(values.type.value_type)
-        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
-    if not pa.types.is_dictionary(values.type):
+            values = values.unify_dictionaries()
+            dictionary = values.chunk(0).dictionary if values.num_chunks else pa.array([], pa.string())
+            indices = pa.chunked_array([c.indices for c in values.chunks], pa.int32())
+            values = pa.DictionaryArray.from_arrays(indices.combine_chunks(), dictionary)
+        else:
+            values = pc.dictionary_encode(values.combine_chunks())
+    elif not pa.types.is_dictionary(values.type):
         values = pc.dictionary_encode(values)
     codes = values.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-    return codes, _strings(values.dictionary)
+    dictionary = values.dictionary
+    if pa.types.is_integer(dictionary.type):
+        order = np.argsort(dictionary.to_numpy(zero_copy_only=False), kind="stable")
+    else:
+        order = np.argsort(_strings(dictionary), kind="stable")
+    # Only ids that occur (a dictionary may hold values of skipped rows), in sorted order.
+    used = np.zeros(len(dictionary), dtype=bool)
+    used[codes] = True
+    order = order[used[order]]
+    rank = np.full(len(dictionary), -1, dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    return rank[codes], _strings(dictionary.take(pa.array(order)))
 
 
 def rows_of(ids: np.ndarray, table_ids: np.ndarray) -> np.ndarray:

@@ -123,7 +123,7 @@ def header_names(path: Path, layout: Delimited) -> list[str]:
         reader = pa_csv.open_csv(
             path,
             read_options=pa_csv.ReadOptions(encoding=layout.encoding, block_size=1 << 16),
-            parse_options=_parse_options(layout),
+            parse_options=_parse_options(layout, lambda row: "skip"),  # rows are checked by the read itself
             convert_options=pa_csv.ConvertOptions(column_types={}, strings_can_be_null=False),
         )
     except FileNotFoundError:
@@ -215,8 +215,18 @@ def _fast_time(values: pa.ChunkedArray) -> pa.ChunkedArray | None:
     if pa.types.is_integer(values.type):
         return values.cast(pa.int64())
     if pa.types.is_timestamp(values.type) or pa.types.is_date(values.type):
-        return values.cast(pa.timestamp("s")).cast(pa.int64())
+        return seconds(values)
     return None
+
+
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def seconds(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """Timestamps (any unit, any zone: stored as UTC) or dates -> int64 seconds since 1970 (UTC)."""
+    if pa.types.is_date(values.type):
+        values = values.cast(pa.timestamp("s"))
+    return pc.divide(values.cast(pa.int64()), _PER_SECOND[values.type.unit])
 
 
 def _read_checked(path: Path, layout: Delimited, columns: Mapping[str, Column], budget: BadRowBudget) -> pa.Table:
@@ -301,8 +311,16 @@ def _check_column(name: str, column: Column, values: pa.ChunkedArray) -> tuple[n
     trimmed = pc.if_else(usable, pc.utf8_trim_whitespace(text), None)
     if column.kind == TIME:
         as_int = pc.if_else(is_int, trimmed, None).cast(pa.int64())
-        as_iso = pc.if_else(is_iso, trimmed, None).cast(pa.timestamp("s")).cast(pa.int64())
-        return malformed, pc.coalesce(as_int, as_iso)
+        iso = pc.if_else(is_iso, trimmed, None)
+        zoned = pc.fill_null(pc.match_substring_regex(iso, r"(Z|[+-]\d{2}:?\d{2})$"), False)
+        try:
+            as_naive = seconds(pc.if_else(zoned, None, iso).cast(pa.timestamp("ns")))
+            as_zoned = seconds(pc.if_else(zoned, iso, None).cast(pa.timestamp("ns", tz="UTC")))
+        except pa.ArrowInvalid:  # shaped like a time but not one (2024-13-45): find which, one by one
+            parsed = [_iso_seconds(v) for v in iso.to_pylist()]
+            impossible = np.array([v is not None and p is None for v, p in zip(iso.to_pylist(), parsed)])
+            return malformed | impossible, pc.coalesce(as_int, pa.array(parsed, pa.int64()))
+        return malformed, pc.coalesce(as_int, as_naive, as_zoned)
     target = _FAST_TYPES[column.kind]
     if column.kind == INT32:
         wide = trimmed.cast(pa.int64())
@@ -312,6 +330,20 @@ def _check_column(name: str, column: Column, values: pa.ChunkedArray) -> tuple[n
         malformed |= out_of_range
         return malformed, pc.if_else(pa.array(~out_of_range), wide, None).cast(target)
     return malformed, trimmed.cast(target)
+
+
+def _iso_seconds(text: str | None) -> int | None:
+    import datetime
+
+    if text is None:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return int(moment.timestamp())
 
 
 def _reason(name: str, column: Column, value: str) -> str:
@@ -383,7 +415,7 @@ def _parquet_column(path: Path, name: str, column: Column, values: pa.ChunkedArr
         if pa.types.is_integer(t):
             return values.cast(pa.int64())
         if pa.types.is_timestamp(t) or pa.types.is_date(t):
-            return values.cast(pa.timestamp("s")).cast(pa.int64())
+            return seconds(values)
         raise DataError(f"{path}: column {name!r} has type {t}; expected integer seconds or a timestamp")
     if kind in (INT32, INT64, FLOAT32):
         if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
