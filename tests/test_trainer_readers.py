@@ -551,3 +551,19 @@ def test_generic_parquet_null_ids_are_bad_rows(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=re_escape(f"{folder / 'interactions.parquet'}:2: no user_id (1 more")):
         read_folder(folder)
     assert len(read_folder(folder, ReadOptions(max_bad_rows=2)).interactions) == 1
+
+
+def test_the_readme_generic_example_reads(tmp_path: Path) -> None:
+    import re
+    import subprocess
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if "cat > shop/schema.yaml" in b)
+    script = "\n".join(line for line in block.splitlines() if not line.startswith("python "))
+    subprocess.run(["bash", "-euc", script], cwd=tmp_path, check=True)
+    dataset = read_folder(tmp_path / "shop")
+    assert dataset.layout == "generic" and len(dataset.interactions) == 4
+    assert dataset.items.ids.tolist() == ["sku-001", "sku-002", "sku-003", "sku-004"]
+    assert dataset.item_titles[0] == "Trail Shoe, Pro" and dataset.genres == ("indoor", "outdoor", "running")
+    assert [f.name for f in dataset.items.features] == ["categories", "brand", "description", "price"]
+    assert value_of(dataset.users, "age", 1) is None and value_of(dataset.items, "price", 3) is None
