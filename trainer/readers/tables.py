@@ -15,6 +15,7 @@ row is then either an error naming ``file:line`` and the reason, or, within
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import re
@@ -118,21 +119,25 @@ class Delimited:
 
 
 def header_names(path: Path, layout: Delimited) -> list[str]:
-    """The column names of a file with a header line."""
+    """The column names of a file with a header line (its first line; .gz files are decompressed).
+
+    Read here rather than with pyarrow's streaming reader, which would start reading the whole
+    file ahead in the background.
+    """
     try:
-        reader = pa_csv.open_csv(
-            path,
-            read_options=pa_csv.ReadOptions(encoding=layout.encoding, block_size=1 << 16),
-            parse_options=_parse_options(layout, lambda row: "skip"),  # rows are checked by the read itself
-            convert_options=pa_csv.ConvertOptions(column_types={}, strings_can_be_null=False),
-        )
+        with pa.input_stream(str(path), compression="detect") as stream:
+            first = stream.read(1 << 20).split(b"\n", 1)[0]
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: unreadable header ({exc})") from exc
-    names = reader.schema.names
-    reader.close()
-    return names
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from exc
+    try:
+        text = first.decode(layout.encoding).rstrip("\r\n").removeprefix("\ufeff")  # spreadsheets' UTF-8 BOM
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: the header line is not {layout.encoding} text ({exc})") from exc
+    if layout.quoting:
+        return next(csv.reader([text], delimiter=layout.delimiter), [])
+    return text.split(layout.delimiter) if text else []
 
 
 def read_delimited(path: Path, layout: Delimited, columns: Mapping[str, Column], budget: BadRowBudget) -> pa.Table:
