@@ -581,3 +581,20 @@ def test_a_spreadsheet_bom_and_gzip_are_read(tmp_path: Path) -> None:
     with gzip.open(folder / "interactions.tsv.gz", "wt") as f:
         f.write('user_id\titem_id\n"u\tx\n')
     assert read_folder(folder).users.ids.tolist() == ['"u']  # .tsv: no quoting
+
+
+def test_parquet_integer_and_dictionary_ids(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    log = pa.table({"user_id": pa.array([30, 4, 30], pa.int64()),
+                    "item_id": pa.array(["b", "a", " "]).dictionary_encode(),
+                    "timestamp": pa.array([5, 6, 7], pa.int32())})  # fmt: skip
+    pq.write_table(log, folder / "interactions.parquet")
+    with pytest.raises(DataError, match=re_escape(f"{folder / 'interactions.parquet'}:3: no item_id")):
+        read_folder(folder)
+    dataset = read_folder(folder, ReadOptions(max_bad_rows=1))
+    assert dataset.users.ids.tolist() == ["4", "30"] and dataset.items.ids.tolist() == ["a", "b"]
+    assert dataset_sets(dataset) == {"30": {"b"}, "4": {"a"}} and dataset.interactions.timestamps.tolist() == [5, 6]

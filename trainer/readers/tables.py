@@ -461,37 +461,66 @@ def read_parquet(path: Path, columns: Mapping[str, Column], budget: BadRowBudget
             f"{path}: no column {', '.join(repr(m) for m in missing)} (the file has: {', '.join(schema.names)}); "
             f"expected columns {', '.join(columns)}"
         )
-    table = pq.read_table(path, columns=list(columns))
+    # Text ids are read dictionary-encoded (4 bytes a row), as the delimited reader codes them.
+    text_ids = [name for name, c in columns.items() if c.kind == ID and _is_text(schema.field(name).type)]
+    table = pq.read_table(path, columns=list(columns), read_dictionary=text_ids)
     bad = np.zeros(table.num_rows, dtype=bool)
     reasons: list[BadRow] = []
     out = {}
     for name, column in columns.items():
-        values = table.column(name)
-        converted = _parquet_column(path, name, column, values)
+        values = _parquet_column(path, name, column, table.column(name))
         if column.required:
-            absent = values.is_null()
-            if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-                absent = pc.or_(absent, pc.equal(pc.utf8_trim_whitespace(values), ""))
-            absent_np = pc.fill_null(absent, True).to_numpy(zero_copy_only=False) & ~bad
+            absent_np = _absent(values) & ~bad
             for row in np.flatnonzero(absent_np)[:SHOWN_BAD_ROWS].tolist():
                 reasons.append(BadRow(path, row + 1, f"no {name}"))
             bad |= absent_np
-        out[name] = converted
+        out[name] = values
+    del table
     reasons.sort(key=lambda r: r.line)
     budget.spend(path, reasons[:SHOWN_BAD_ROWS], int(bad.sum()))
+    if not bad.any():
+        return pa.table(out)
     keep = pa.array(~bad)
     return pa.table({name: values.filter(keep) for name, values in out.items()})
 
 
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _absent(values: pa.ChunkedArray) -> np.ndarray:
+    """bool [n]: null, or blank text (looked up once per dictionary entry for dictionary columns)."""
+    parts = []
+    for chunk in values.chunks:
+        missing = chunk.is_null().to_numpy(zero_copy_only=False)
+        if pa.types.is_dictionary(chunk.type):
+            blank = pc.equal(pc.utf8_trim_whitespace(chunk.dictionary), "").to_numpy(zero_copy_only=False)
+            if blank.any():
+                indices = pc.fill_null(chunk.indices, 0).to_numpy(zero_copy_only=False)
+                missing |= blank[indices]
+        elif _is_text(chunk.type):
+            missing |= pc.fill_null(pc.equal(pc.utf8_trim_whitespace(chunk), ""), False).to_numpy(zero_copy_only=False)
+        parts.append(missing)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+
 def _parquet_column(path: Path, name: str, column: Column, values: pa.ChunkedArray) -> pa.ChunkedArray:
     kind, t = column.kind, values.type
-    if kind in (ID, STRING):
+    if kind == ID:
+        if pa.types.is_dictionary(t) and _is_text(t.value_type):
+            return values.cast(pa.dictionary(pa.int32(), pa.string()))
+        if pa.types.is_integer(t):
+            return values  # coded by value (trainer.readers.assemble.encode_ids), written as decimal text
+        if _is_text(t):
+            return values.cast(pa.string())
+        raise DataError(f"{path}: column {name!r} has type {t}; expected text or integers")
+    if kind == STRING:
         if pa.types.is_dictionary(t):
             values = values.cast(t.value_type)
-        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type) or pa.types.is_integer(values.type)):
+            t = values.type
+        if not (_is_text(t) or pa.types.is_integer(t)):
             raise DataError(f"{path}: column {name!r} has type {t}; expected text or integers")
-        values = values.cast(pa.string())
-        return pc.dictionary_encode(values) if kind == ID else values
+        return values.cast(pa.string())
     if kind == TIME:
         if pa.types.is_integer(t):
             return values.cast(pa.int64())
