@@ -4,8 +4,9 @@ Every reader of ``trainer.readers`` reads its files through ``read_delimited``
 or ``read_parquet``: pyarrow parses the bytes (quoting, encodings, threads),
 never a Python loop over lines.
 
-The fast path reads with the final column types on all cores. Only when it
-meets a problem (a row with the wrong number of fields, a value that does not
+The fast path reads with the final column types on all cores (a log with
+string ids batch by batch, each batch's ids coded into int32 at once, so that
+the strings of the whole log never coexist). Only when it meets a problem (a row with the wrong number of fields, a value that does not
 convert, a required value missing) is the file read again, single-threaded and
 as strings, to find every bad row with its line number: pyarrow numbers rows
 by physical line only when empty lines are kept and parsing is serial. Each bad
@@ -40,9 +41,9 @@ _FAST_TYPES = {
     INT64: pa.int64(),
     FLOAT32: pa.float32(),
     STRING: pa.string(),
-    # Ids stay strings but are stored once per distinct value: a 25M-row log of
-    # string ids costs 4 bytes a row, not the strings' length.
-    ID: pa.dictionary(pa.int32(), pa.string()),
+    # Parsed as text, then coded batch by batch (_GrowingDictionary): a 25M-row log
+    # of string ids costs 4 bytes a row per id column, not the strings' length.
+    ID: pa.string(),
     # The empty fields between the two ':' of a '::' separator: a null column accepts nothing else.
     EMPTY: pa.null(),
 }
@@ -251,7 +252,7 @@ def _read_streaming(path: Path, layout: Delimited, columns: Mapping[str, Column]
         invalid_rows.append(row)
         return "error"
 
-    types = {name: pa.string() if c.kind == ID else _FAST_TYPES[c.kind] for name, c in columns.items() if c.kind in _FAST_TYPES}
+    types = {name: _FAST_TYPES[c.kind] for name, c in columns.items() if c.kind in _FAST_TYPES}
     dictionaries = {name: _GrowingDictionary() for name, c in columns.items() if c.kind == ID}
     chunks: dict[str, list[pa.Array]] = {name: [] for name in columns if name not in dictionaries}
     try:
