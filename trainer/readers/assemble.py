@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trainer.dataset import CATEGORICAL, MULTI, NUMERIC, TEXT, Csr, Dataset, Feature, Interactions, Table
-from trainer.readers.tables import DataError, files_sha256
+from trainer.readers.tables import DataError, GrowingDictionary, files_sha256
 
 # Title tokens: runs of lower-case letters and digits (the rest separates them).
 TOKEN_SEPARATOR_PATTERN = r"[^a-z0-9]+"
@@ -57,10 +57,10 @@ def encode_ids(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarr
             return codes, (distinct + low).astype(str)
     if isinstance(values, pa.ChunkedArray):
         if pa.types.is_dictionary(values.type):
-            values = values.unify_dictionaries()
-            dictionary = values.chunk(0).dictionary if values.num_chunks else pa.array([], pa.string())
-            indices = pa.chunked_array([c.indices for c in values.chunks], pa.int32())
-            values = pa.DictionaryArray.from_arrays(indices.combine_chunks(), dictionary)
+            merged = GrowingDictionary()
+            for chunk in values.chunks:
+                merged.add_encoded(chunk.cast(pa.dictionary(pa.int32(), pa.string())))
+            values = merged.column()
         else:
             values = pc.dictionary_encode(values.combine_chunks())
     elif not pa.types.is_dictionary(values.type):

@@ -41,7 +41,7 @@ _FAST_TYPES = {
     INT64: pa.int64(),
     FLOAT32: pa.float32(),
     STRING: pa.string(),
-    # Parsed as text, then coded batch by batch (_GrowingDictionary): a 25M-row log
+    # Parsed as text, then coded batch by batch (GrowingDictionary): a 25M-row log
     # of string ids costs 4 bytes a row per id column, not the strings' length.
     ID: pa.string(),
     # The empty fields between the two ':' of a '::' separator: a null column accepts nothing else.
@@ -215,27 +215,39 @@ def _read_fast(path: Path, layout: Delimited, columns: Mapping[str, Column]) -> 
     return table
 
 
-class _GrowingDictionary:
-    """Codes string values batch by batch against one dictionary that grows as new values appear.
+class GrowingDictionary:
+    """Codes string values chunk by chunk against one dictionary that grows as new values appear.
 
-    Each batch is dictionary-encoded on its own and only its distinct values are looked up in
-    the dictionary so far, so memory holds the int32 codes and each distinct id once.
+    Each chunk is dictionary-encoded on its own (or comes so, from Parquet) and only its
+    distinct values are looked up in the dictionary so far, so memory holds the int32 codes
+    and each distinct id once. Parquet repeats a row group's dictionary in every chunk of
+    it: a chunk whose dictionary equals the previous one reuses its lookup.
     """
 
     def __init__(self) -> None:
         self.values = pa.array([], pa.string())
         self.codes: list[np.ndarray] = []
+        self._last: tuple[pa.Array, np.ndarray] | None = None
 
-    def add(self, batch_values: pa.Array) -> None:
-        encoded = pc.dictionary_encode(batch_values)
+    def add(self, values: pa.Array) -> None:
+        self.add_encoded(values if pa.types.is_dictionary(values.type) else pc.dictionary_encode(values))
+
+    def add_encoded(self, encoded: pa.DictionaryArray) -> None:
         local = encoded.dictionary
-        found = pc.fill_null(pc.index_in(local, value_set=self.values), -1).to_numpy(zero_copy_only=False)
-        new = found < 0
-        if new.any():
+        if self._last is not None and self._last[0].equals(local):
+            found = self._last[1]
+        else:
+            found = pc.fill_null(pc.index_in(local, value_set=self.values), -1).to_numpy(zero_copy_only=False)
             found = found.astype(np.int32)
-            found[new] = len(self.values) + np.arange(int(new.sum()), dtype=np.int32)
-            self.values = pa.concat_arrays([self.values, local.filter(pa.array(new))])
-        self.codes.append(found.astype(np.int32, copy=False)[encoded.indices.to_numpy(zero_copy_only=False)])
+            new = found < 0
+            if new.any():
+                found[new] = len(self.values) + np.arange(int(new.sum()), dtype=np.int32)
+                self.values = pa.concat_arrays([self.values, local.filter(pa.array(new))])
+            self._last = (local, found)
+        indices = encoded.indices
+        if indices.null_count:
+            raise ValueError("null ids must be removed before coding")
+        self.codes.append(found[indices.to_numpy(zero_copy_only=False)])
 
     def column(self) -> pa.DictionaryArray:
         codes = np.concatenate(self.codes) if self.codes else np.zeros(0, dtype=np.int32)
@@ -253,7 +265,7 @@ def _read_streaming(path: Path, layout: Delimited, columns: Mapping[str, Column]
         return "error"
 
     types = {name: _FAST_TYPES[c.kind] for name, c in columns.items() if c.kind in _FAST_TYPES}
-    dictionaries = {name: _GrowingDictionary() for name, c in columns.items() if c.kind == ID}
+    dictionaries = {name: GrowingDictionary() for name, c in columns.items() if c.kind == ID}
     chunks: dict[str, list[pa.Array]] = {name: [] for name in columns if name not in dictionaries}
     try:
         reader = pa_csv.open_csv(
