@@ -112,7 +112,9 @@ def categorical_feature(name: str, values: pa.Array, vocab: Sequence[str] | None
     return Feature(name, CATEGORICAL, vocab, codes=_codes_in(values, vocab))
 
 
-def _list_feature(name: str, kind: str, lists: pa.ListArray, vocab: Sequence[str] | None, ignore: Sequence[str]) -> Feature:
+def _list_feature(
+    name: str, kind: str, lists: pa.ListArray, vocab: Sequence[str] | None, ignore: Sequence[str]
+) -> Feature:
     """A list column -> Csr of codes, dropping blank and ``ignore`` entries."""
     lists = pc.fill_null(lists, pa.scalar([], lists.type)) if lists.null_count else lists
     offsets = lists.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -120,7 +122,8 @@ def _list_feature(name: str, kind: str, lists: pa.ListArray, vocab: Sequence[str
     flat = _present(lists.flatten())
     keep = pc.is_valid(flat)
     if ignore:
-        keep = pc.and_(keep, pc.invert(pc.fill_null(pc.is_in(flat, value_set=pa.array(list(ignore), pa.string())), False)))
+        ignored = pc.fill_null(pc.is_in(flat, value_set=pa.array(list(ignore), pa.string())), False)
+        keep = pc.and_(keep, pc.invert(ignored))
     keep_np = keep.to_numpy(zero_copy_only=False)
     kept = flat.filter(keep)
     if vocab is None:
@@ -159,7 +162,8 @@ def flags_feature(name: str, flags: np.ndarray, vocab: Sequence[str]) -> Feature
     """A 0/1 matrix [rows, len(vocab)] (e.g. u.item's genre flags) -> a multi feature in vocab order."""
     rows, columns = np.nonzero(flags)
     splits = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(flags)))]).astype(np.int64)
-    return Feature(name, MULTI, np.asarray(vocab, dtype=str), lists=Csr(splits=splits, values=(columns + 1).astype(np.int32)))
+    codes = (columns + 1).astype(np.int32)
+    return Feature(name, MULTI, np.asarray(vocab, dtype=str), lists=Csr(splits=splits, values=codes))
 
 
 def with_missing_rows(table: Table, new_ids: np.ndarray) -> Table:

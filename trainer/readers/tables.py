@@ -6,12 +6,13 @@ never a Python loop over lines.
 
 The fast path reads with the final column types on all cores (a log with
 string ids batch by batch, each batch's ids coded into int32 at once, so that
-the strings of the whole log never coexist). Only when it meets a problem (a row with the wrong number of fields, a value that does not
-convert, a required value missing) is the file read again, single-threaded and
-as strings, to find every bad row with its line number: pyarrow numbers rows
-by physical line only when empty lines are kept and parsing is serial. Each bad
-row is then either an error naming ``file:line`` and the reason, or, within
-``--max-bad-rows``, skipped and counted.
+the strings of the whole log never coexist). Only when it meets a problem (a
+row with the wrong number of fields, a value that does not convert, a required
+value missing) is the file read again, single-threaded and as strings, to find
+every bad row with its line number: pyarrow numbers rows by physical line only
+when empty lines are kept and parsing is serial. Each bad row is then either an
+error naming ``file:line`` and the reason, or, within ``--max-bad-rows``,
+skipped and counted.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ class Delimited:
 
     def wrong_width(self, expected: int, actual: int) -> str:
         if self.double_colon:
-            return f"expected {(expected + 1) // 2} fields separated by '::' ({expected - 1} ':'), found {actual - 1} ':'"
+            fields = (expected + 1) // 2
+            return f"expected {fields} fields separated by '::' ({expected - 1} ':'), found {actual - 1} ':'"
         return f"expected {expected} fields, got {actual}"
 
 
