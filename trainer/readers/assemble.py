@@ -251,7 +251,8 @@ def _join(
         named = ", ".join(repr(x) for x in distinct[unknown[:SHOWN_IDS]].tolist())
         more = f" and {len(unknown) - SHOWN_IDS} more" if len(unknown) > SHOWN_IDS else ""
         raise DataError(
-            f"{log_path}: {len(unknown)} {role} ids are not in {catalog.path}: {named}{more} "
+            f"{log_path}: {len(unknown)} {role} {'ids are' if len(unknown) > 1 else 'id is'} not in "
+            f"{catalog.path}: {named}{more} "
             f"(the first in data row {first_row}); add them to {catalog.path.name}, or pass {flag} "
             f"to train them as {role}s without features"
         )
