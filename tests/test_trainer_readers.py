@@ -610,3 +610,17 @@ def test_many_unknown_items_are_counted_and_the_first_named(tmp_path: Path) -> N
         read_folder(folder)
     dataset = read_folder(folder, ReadOptions(allow_unknown_items=True))
     assert len(dataset.items) == 8 and dataset.items.ids[0] == "known" and len(dataset.interactions) == 8
+
+
+def test_read_dataset_reports_what_it_skipped(ml100k_copy: Path) -> None:
+    path = ml100k_copy / "u.data"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[3:3] = ["1\t2\n", "1\t2\tx\t4\n"]  # lines 4 and 5
+    path.write_text("".join(lines))
+    parser = argparse.ArgumentParser()
+    add_reader_flags(parser)
+    printed: list[str] = []
+    dataset = read_dataset(parser.parse_args(["--data-dir", str(ml100k_copy), "--max-bad-rows", "2"]), log=printed.append)
+    assert dataset.bad_rows == 2
+    assert "skipped 2 malformed rows (--max-bad-rows 2), first:" in printed
+    assert f"  {path}:4: expected 4 fields, got 2" in printed and f"  {path}:5: rating 'x' is not an integer" in printed
