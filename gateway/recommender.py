@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from gateway.peers import Tier, TierNotReady
 from recsys.v1 import common_pb2, index_service_pb2, index_service_pb2_grpc, query_service_pb2, query_service_pb2_grpc
 from serving import request_id
 from serving.batching import MicroBatcher
@@ -67,21 +68,18 @@ class PeerError(Exception):
 class Recommender:
     def __init__(
         self,
-        query: query_service_pb2_grpc.QueryServiceStub,
-        index_shards: Sequence[index_service_pb2_grpc.IndexServiceStub],
+        query: Tier,
+        index_shards: Sequence[Tier],
         *,
         max_batch: int,
         batch_wait_us: int,
         concurrency: int,
         default_timeout_s: float,
-        query_target: str = "",
-        index_targets: Sequence[str] = (),
     ):
-        self.query = query
-        self.index_shards = list(index_shards)
-        # Only for status reports: where each peer was reached.
-        self.query_target = query_target
-        self.index_targets = list(index_targets) or [""] * len(self.index_shards)
+        self.query_tier = query
+        self.index_tiers = list(index_shards)
+        self.query = query_service_pb2_grpc.QueryServiceStub(query.channel)
+        self.index_shards = [index_service_pb2_grpc.IndexServiceStub(t.channel) for t in self.index_tiers]
         self.default_timeout_s = default_timeout_s
         self._pinned: tuple[str, float] | None = None
         self.batcher: MicroBatcher[RecRequest, RecResult] = MicroBatcher(
@@ -162,7 +160,7 @@ class Recommender:
             user_ids=user_ids, model_version=version, include_seen=any(r.exclude_seen for r in batch),
             user_features=features if any(r.user_features is not None for r in batch) else (),
         )
-        response = await _call("query service", self.query.EmbedUsers, request, timeout)
+        response = await _call(self.query_tier, self.query.EmbedUsers, request, timeout)
         embeddings = response.embeddings
         return _Embedded(response, [embeddings[slot] for slot in slots])
 
@@ -184,7 +182,7 @@ class Recommender:
             queries=queries, k=max(r.k for r in batch), model_version=embedded.model_version
         )
         responses = await asyncio.gather(
-            *(_call(f"index shard {i}", shard.Search, request, timeout) for i, shard in enumerate(self.index_shards))
+            *(_call(tier, shard.Search, request, timeout) for tier, shard in zip(self.index_tiers, self.index_shards))
         )
         out = []
         for qi, (r, user) in enumerate(zip(batch, embedded.per_request)):
@@ -196,8 +194,8 @@ class Recommender:
         """The newest version loaded on the query tier and on every index shard."""
         request = common_pb2.GetModelStatusRequest()
         statuses = await asyncio.gather(
-            _call("query service", self.query.GetModelStatus, request, timeout),
-            *(_call(f"index shard {i}", s.GetModelStatus, request, timeout) for i, s in enumerate(self.index_shards)),
+            _call(self.query_tier, self.query.GetModelStatus, request, timeout),
+            *(_call(tier, s.GetModelStatus, request, timeout) for tier, s in zip(self.index_tiers, self.index_shards)),
         )
         held = [_available(status) for status in statuses]
         common = set.intersection(*held)
@@ -218,7 +216,7 @@ class Recommender:
         """The k items whose embeddings score highest against ``item_id``'s (itself excluded)."""
         lookup = index_service_pb2.GetItemEmbeddingsRequest(item_ids=[item_id])
         answers = await asyncio.gather(
-            *(_call(f"index shard {i}", s.GetItemEmbeddings, lookup, timeout) for i, s in enumerate(self.index_shards))
+            *(_call(tier, s.GetItemEmbeddings, lookup, timeout) for tier, s in zip(self.index_tiers, self.index_shards))
         )
         found = [(a.model_version, item) for a in answers for item in a.items if item.found]
         if not found:
@@ -230,7 +228,7 @@ class Recommender:
         request = index_service_pb2.SearchRequest(queries=[query], k=k, model_version=version)
         try:
             responses = await asyncio.gather(
-                *(_call(f"index shard {i}", s.Search, request, timeout) for i, s in enumerate(self.index_shards))
+                *(_call(tier, s.Search, request, timeout) for tier, s in zip(self.index_tiers, self.index_shards))
             )
         except PeerError as exc:
             if exc.code == grpc.StatusCode.FAILED_PRECONDITION:
@@ -243,17 +241,15 @@ class Recommender:
     async def peer_status(self, timeout: float) -> list[common_pb2.ServiceModelStatus]:
         """Each peer's own status, tagged with the target the gateway reaches it at."""
         request = common_pb2.GetModelStatusRequest()
-        peers = [("recsys.v1.QueryService", self.query_target, self.query)] + [
-            ("recsys.v1.IndexService", target, stub) for target, stub in zip(self.index_targets, self.index_shards)
-        ]
+        peers = [(self.query_tier, self.query)] + list(zip(self.index_tiers, self.index_shards))
 
-        async def one(name, target, stub):
+        async def one(tier: Tier, stub):
             try:
-                response = await _call(name, stub.GetModelStatus, request, timeout)
+                response = await _call(tier, stub.GetModelStatus, request, timeout)
             except PeerError as exc:
-                return [common_pb2.ServiceModelStatus(service=name, address=target, error=str(exc))]
+                return [common_pb2.ServiceModelStatus(service=tier.service, address=tier.target, error=str(exc))]
             for status in response.services:
-                status.address = target
+                status.address = tier.target
             return list(response.services)
 
         return [s for group in await asyncio.gather(*(one(*peer) for peer in peers)) for s in group]
@@ -289,14 +285,30 @@ def _merge_top_k(results: Sequence[index_service_pb2.SearchResult], k: int) -> l
     return [(item_id, title, score) for score, item_id, title in itertools.islice(merged, k)]
 
 
-async def _call(peer: str, method, request, timeout: float):
+async def _call(tier: Tier, method, request, timeout: float):
+    """One inner call to ``tier``, within ``timeout`` seconds; errors become PeerErrors naming the tier.
+
+    A tier without a ready replica (starting, restarting, reconnecting) is waited
+    for within the caller's time, and the call itself waits for a connection
+    (``wait_for_ready``) instead of failing while one is being made.
+    """
+    started = time.monotonic()
     try:
-        return await method(request, timeout=timeout, metadata=request_id.outgoing_metadata())
+        await tier.wait_ready(timeout)
+    except TierNotReady as exc:
+        code = grpc.StatusCode.DEADLINE_EXCEEDED if exc.deadline_expired else grpc.StatusCode.UNAVAILABLE
+        raise PeerError(code, str(exc)) from None
+    timeout = max(0.001, timeout - (time.monotonic() - started))
+    try:
+        return await method(request, timeout=timeout, metadata=request_id.outgoing_metadata(), wait_for_ready=True)
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and not tier.ready:
+            raise PeerError(code, f"{tier.name} was not ready within the request's deadline: no replica of "
+                                  f"{tier.target} reported SERVING (starting or reconnecting)") from exc
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION,
                     grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.INVALID_ARGUMENT):
-            raise PeerError(code, f"{peer}: {exc.details()}") from exc
+            raise PeerError(code, f"{tier.name}: {exc.details()}") from exc
         # Anything else is a fault of that peer, not of the caller: report the peer
         # as unavailable (retryable) rather than passing INTERNAL/UNKNOWN through.
-        raise PeerError(grpc.StatusCode.UNAVAILABLE, f"{peer} failed with {code.name}: {exc.details()}") from exc
+        raise PeerError(grpc.StatusCode.UNAVAILABLE, f"{tier.name} failed with {code.name}: {exc.details()}") from exc

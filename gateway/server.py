@@ -10,6 +10,11 @@ from serving.config import FlagParser, add_server_flags, log_config, setup_loggi
 
 log = logging.getLogger("gateway")
 
+# A health service name that is SERVING as soon as the gateway listens: for
+# liveness and startup probes, which must not restart a gateway whose peers are
+# still loading. "" and "recsys.v1.Gateway" are the readiness (start-up gate).
+LIVENESS_SERVICE = "liveness"
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = FlagParser(prog="python -m gateway", description="Recommends movies for a user id.", env_prefix="GATEWAY_")
@@ -28,6 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.flag("--batch-concurrency", 1, int, "batches in flight at once (fewer: larger batches, less CPU)")
     parser.flag("--max-batch-request", 1000, int, "most requests in one RecommendBatch call")
     parser.flag("--default-timeout", 5.0, float, "seconds allowed for the inner calls when the caller sets no deadline")
+    parser.flag(
+        "--peer-restart-wait", 5.0, float,
+        "seconds a tier without a SERVING replica counts as (re)starting: inner calls wait for it within their "
+        "deadline; after that they fail at once with UNAVAILABLE",
+    )
     args = parser.parse_args(argv)
     if not any(target.strip() for target in args.index_targets.split(";")):
         parser.error("--index-targets needs at least one target, e.g. 127.0.0.1:50053")
@@ -35,41 +45,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    from gateway.peers import open_channel
+    from gateway.peers import Tier, open_channel
     from gateway.recommender import Recommender
     from gateway.servicer import GatewayServicer
-    from recsys.v1 import gateway_pb2_grpc, index_service_pb2_grpc, query_service_pb2_grpc
+    from recsys.v1 import gateway_pb2_grpc
     from serving import tls
-    from serving.server import GrpcServer
+    from serving.server import SERVING, GrpcServer
 
     credentials = tls.channel_credentials(args.peer_tls_ca, args.peer_tls_cert, args.peer_tls_key)
-    query_channel = open_channel(args.query_target, "recsys.v1.QueryService", args.max_message_bytes, credentials)
+
+    def tier(name: str, target: str, service: str) -> Tier:
+        channel = open_channel(target, service, args.max_message_bytes, credentials)
+        return Tier(name, target, channel, service, args.peer_restart_wait)
+
     index_targets = [target.strip() for target in args.index_targets.split(";") if target.strip()]
-    index_channels = [
-        open_channel(target, "recsys.v1.IndexService", args.max_message_bytes, credentials) for target in index_targets
-    ]
+    query_tier = tier("query service", args.query_target, "recsys.v1.QueryService")
+    index_tiers = [tier(f"index shard {i}", t, "recsys.v1.IndexService") for i, t in enumerate(index_targets)]
+    tiers = [query_tier, *index_tiers]
     recommender = Recommender(
-        query_service_pb2_grpc.QueryServiceStub(query_channel),
-        [index_service_pb2_grpc.IndexServiceStub(c) for c in index_channels],
+        query_tier,
+        index_tiers,
         max_batch=args.max_batch,
         batch_wait_us=args.batch_wait_us,
         concurrency=args.batch_concurrency,
         default_timeout_s=args.default_timeout,
-        query_target=args.query_target,
-        index_targets=index_targets,
     )
     servicer = GatewayServicer(recommender, max_batch_request=args.max_batch_request)
     server = GrpcServer(args, [servicer.service_name])
     gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server.registrar)
     await server.start()
-    # The gateway holds no model; it is ready as soon as it listens. Peers that
-    # are down show up as UNAVAILABLE per request and in GetModelStatus.
-    await server.set_serving(True)
+    # Liveness (the process answers) is SERVING at once; readiness waits for the peers below.
+    await server.health.set(LIVENESS_SERVICE, SERVING)
+    watchers = [asyncio.create_task(t.watch()) for t in tiers]
+
+    async def open_gate() -> None:
+        # Start-up gate: SERVING only once the query tier and every index shard have
+        # answered a health check SERVING, so that "SERVING" means a request succeeds.
+        # It then latches: if a whole tier goes away later, every gateway replica
+        # would otherwise leave the load balancer at once; requests get UNAVAILABLE
+        # naming the tier instead (see the README, "Readiness").
+        await asyncio.gather(*(t.first_serving() for t in tiers))
+        await server.set_serving(True)
+        log.info("every tier answered SERVING; gateway SERVING", extra={"tiers": [t.target for t in tiers]})
+
+    gate = asyncio.create_task(open_gate())
 
     async def close() -> None:
+        for task in (gate, *watchers):
+            task.cancel()
+        await asyncio.gather(gate, *watchers, return_exceptions=True)
         await recommender.batcher.stop()
-        for channel in (query_channel, *index_channels):
-            await channel.close()
+        for t in tiers:
+            await t.channel.close()
 
     await server.run_until_stopped(on_stop=close)
 

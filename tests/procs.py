@@ -66,6 +66,18 @@ class Service:
             time.sleep(0.1)
         raise TimeoutError(f"{self.module} not SERVING after {timeout}s:\n{self.log_tail()}")
 
+    def wait_answering(self, timeout: float = 60.0) -> str:
+        """Waits until the server answers health checks (SERVING or not); returns the status."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.module} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            status = health_status(self.address, timeout=0.5)
+            if status in ("SERVING", "NOT_SERVING"):
+                return status
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.module} not answering after {timeout}s:\n{self.log_tail()}")
+
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 

@@ -92,8 +92,11 @@ def test_peer_down_is_unavailable_not_a_hang(live_stack):
     from procs import free_port
 
     dead = f"127.0.0.1:{free_port()}"
-    gateway = Service("gateway", ["--query-target", dead, "--index-targets", live_stack.index.address])
-    with running(gateway):
+    gateway = Service("gateway", ["--query-target", dead, "--index-targets", live_stack.index.address,
+                                  "--peer-restart-wait", "1"])
+    try:
+        # Never SERVING without its query tier (the start-up gate), but it answers.
+        assert gateway.start().wait_answering() == "NOT_SERVING"
         with grpc.insecure_channel(gateway.address) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
             start = time.monotonic()
@@ -102,3 +105,5 @@ def test_peer_down_is_unavailable_not_a_hang(live_stack):
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "query service" in err.value.details()
             assert time.monotonic() - start < 5
+    finally:
+        gateway.stop()

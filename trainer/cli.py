@@ -1,4 +1,4 @@
-"""Command line: ``python -m trainer [train|evaluate|tune|synthetic] ...`` (default: train).
+"""Command line: ``python -m trainer [train|evaluate|tune|synthetic|prune] ...`` (default: train).
 
 Flags default from environment variables where one is named in the help.
 Input errors (missing or malformed data, an unusable bundle) print one line to
@@ -16,7 +16,7 @@ from pathlib import Path
 from trainer.config import FINE_TUNES, INITS, NEGATIVES, ModelConfig, TrainConfig
 from trainer.data import DataError
 
-COMMANDS = ("train", "evaluate", "tune", "synthetic")
+COMMANDS = ("train", "evaluate", "tune", "synthetic", "prune")
 DEFAULT_MODEL_BASE = "./models/movielens"
 EXIT_INPUT_ERROR = 2
 
@@ -28,7 +28,7 @@ def _model_base_default() -> str:
 def build_parser() -> argparse.ArgumentParser:
     train_defaults, model_defaults = TrainConfig(), ModelConfig()
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", metavar="{train,evaluate,tune,synthetic}")
+    commands = parser.add_subparsers(dest="command", metavar="{train,evaluate,tune,synthetic,prune}")
 
     train = commands.add_parser("train", help="train on MovieLens and publish a bundle (the default command)")
     train.add_argument("--data-dir", type=Path, default=None,
@@ -126,7 +126,32 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--dim", type=int, default=32)
     synthetic.add_argument("--clusters", type=int, default=1000)
     synthetic.add_argument("--seed", type=int, default=0)
+
+    # Retention (serving/retention.py): the oldest versions go, never one a service reports as loaded.
+    prune = commands.add_parser("prune", help="remove the oldest published versions, never one a service has loaded")
+    prune.add_argument("--model-base", type=Path, default=_model_base_default(), help="[env MODEL_BASE]")
+    prune.add_argument("--keep", type=int, default=3, help="newest complete versions kept (default %(default)s)")
+    prune.add_argument("--query-target", default=os.environ.get("QUERY_TARGET", ""),
+                       help="query tier to ask what it has loaded, as the gateway's flag [env QUERY_TARGET]")
+    prune.add_argument("--index-targets", default=os.environ.get("INDEX_TARGETS", ""),
+                       help="index shards to ask, ';'-separated, as the gateway's flag [env INDEX_TARGETS]")
+    prune.add_argument("--no-services", action="store_true", help="no service reads this model base: ask none")
     return parser
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from serving import retention
+
+    targets = {"recsys.v1.QueryService": [t for t in args.query_target.split(";") if t.strip()],
+               "recsys.v1.IndexService": [t for t in args.index_targets.split(";") if t.strip()]}
+    if not any(targets.values()) and not args.no_services:
+        raise retention.RetentionError("name the services that read this model base (--query-target, "
+                                       "--index-targets), or pass --no-services if none does")
+    result = retention.prune(args.model_base, args.keep, retention.ask_loaded_versions(targets))
+    for version, holders in sorted(result.loaded.items()):
+        print(f"version {version} is loaded by {', '.join(holders)}")
+    print(f"kept {result.kept or 'nothing'}; removed {result.removed or 'nothing'}")
+    return 0
 
 
 def _float_list(text: str) -> tuple[float, ...]:
@@ -291,9 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         argv.insert(0, "train")
     args = build_parser().parse_args(argv)
     from serving.bundle import BundleError
+    from serving.retention import RetentionError
 
     try:
-        return {"train": run_train, "evaluate": run_evaluate, "tune": run_tune, "synthetic": run_synthetic}[args.command](args)
-    except (DataError, BundleError) as exc:
+        return {"train": run_train, "evaluate": run_evaluate, "tune": run_tune, "synthetic": run_synthetic,
+                "prune": run_prune}[args.command](args)
+    except (DataError, BundleError, RetentionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
