@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> None:
     from gateway.peers import open_channel
     from gateway.recommender import Recommender
-    from gateway.servicer import GatewayServicer
+    from gateway.servicer import MAX_BATCH_RESULTS, RESULT_BYTES, GatewayServicer
     from recsys.v1 import gateway_pb2_grpc, index_service_pb2_grpc, query_service_pb2_grpc
     from serving import tls
     from serving.server import GrpcServer
@@ -57,9 +57,13 @@ async def serve(args: argparse.Namespace) -> None:
         default_timeout_s=args.default_timeout,
         query_target=args.query_target,
         index_targets=index_targets,
+        max_message_bytes=args.max_message_bytes,
     )
     servicer = GatewayServicer(recommender, max_batch_request=args.max_batch_request)
-    server = GrpcServer(args, [servicer.service_name])
+    # Requests stay within --max-message-bytes; answers may be as large as the
+    # API's largest (a RecommendBatch of MAX_BATCH_RESULTS movies).
+    server = GrpcServer(args, [servicer.service_name],
+                        max_send_message_bytes=max(args.max_message_bytes, MAX_BATCH_RESULTS * RESULT_BYTES))
     gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server.registrar)
     await server.start()
     # The gateway holds no model; it is ready as soon as it listens. Peers that
