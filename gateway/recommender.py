@@ -108,10 +108,17 @@ class Recommender:
     # ------------------------------------------------------------------ one batch
 
     async def _run_batch(self, batch: list[RecRequest]) -> list[RecResult | PeerError]:
-        # Peers see one id per batch; this line ties it to the callers' ids.
-        request_id.current.set(batch[0].request_id if len(batch) == 1 else request_id.new_id())
+        # Peers see one id per batch; this line ties it to the callers' ids. Reset
+        # after: an idle caller's batch runs in the caller's own task (MicroBatcher).
+        token = request_id.current.set(batch[0].request_id if len(batch) == 1 else request_id.new_id())
         if len(batch) > 1 and log.isEnabledFor(logging.DEBUG):
             log.debug("batch", extra={"request_ids": [r.request_id for r in batch]})
+        try:
+            return await self._run_batch_in_one_version(batch)
+        finally:
+            request_id.current.reset(token)
+
+    async def _run_batch_in_one_version(self, batch: list[RecRequest]) -> list[RecResult | PeerError]:
         timeout = self._timeout(batch)
         version = self._pinned_version()
         try:

@@ -36,6 +36,7 @@ class FakeQuery:
 
     async def EmbedUsers(self, request, timeout=None, metadata=None):
         self.calls.append(request)
+        await asyncio.sleep(0)  # a real call suspends: other callers queue meanwhile
         return qpb.EmbedUsersResponse(
             embeddings=[qpb.UserEmbedding(user_id=u, values=[float(i)] * 4 if u.startswith("u") else [],
                                           known=u.startswith("u")) for i, u in enumerate(request.user_ids)],
@@ -51,6 +52,7 @@ class FakeIndex:
 
     async def Search(self, request, timeout=None, metadata=None):
         self.calls.append(request)
+        await asyncio.sleep(0)
         if any("Nope" in q.genre_filter.include_genres for q in request.queries):
             raise grpc.aio.AioRpcError(grpc.StatusCode.INVALID_ARGUMENT, grpc.aio.Metadata(), grpc.aio.Metadata(),
                                        details="queries[1].genre_filter: unknown genre 'Nope'")
@@ -77,22 +79,24 @@ def rec(user_id: str, k: int = 3, genre: str | None = None, exclude_seen: bool =
 def test_a_request_the_index_refuses_fails_alone_without_asking_the_query_tier_again():
     async def scenario():
         recommender, query, index = fake_recommender()
-        # Three callers at once: the batcher gathers them into one batch.
+        # Four callers at once: the first finds the tiers idle and goes alone; the
+        # batcher gathers the other three into one batch while it is in flight.
         outcomes = await asyncio.gather(
-            recommender.recommend([rec("u1")]), recommender.recommend([rec("u2", genre="Nope")]),
-            recommender.recommend([rec("u3", genre="Drama")]), return_exceptions=True,
+            recommender.recommend([rec("u0")]), recommender.recommend([rec("u1")]),
+            recommender.recommend([rec("u2", genre="Nope")]), recommender.recommend([rec("u3", genre="Drama")]),
+            return_exceptions=True,
         )
         await recommender.batcher.stop()
         return outcomes, query, index
 
     outcomes, query, index = asyncio.run(scenario())
-    assert isinstance(outcomes[1], PeerError) and outcomes[1].code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "Nope" in str(outcomes[1])
-    assert [item_id for item_id, _, _ in outcomes[0][0].items] == ["0.0:0", "0.0:1", "0.0:2"]
-    assert [item_id for item_id, _, _ in outcomes[2][0].items] == ["2.0:0", "2.0:1", "2.0:2"]
-    assert len(query.calls) == 1 and list(query.calls[0].user_ids) == ["u1", "u2", "u3"]
-    # The refused batch, then each request alone with the vectors already embedded.
-    assert [len(c.queries) for c in index.calls] == [3, 1, 1, 1]
+    assert isinstance(outcomes[2], PeerError) and outcomes[2].code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Nope" in str(outcomes[2])
+    assert [item_id for item_id, _, _ in outcomes[1][0].items] == ["0.0:0", "0.0:1", "0.0:2"]
+    assert [item_id for item_id, _, _ in outcomes[3][0].items] == ["2.0:0", "2.0:1", "2.0:2"]
+    assert [list(c.user_ids) for c in query.calls] == [["u0"], ["u1", "u2", "u3"]]
+    # The refused batch, then each of its requests alone with the vectors already embedded.
+    assert [len(c.queries) for c in index.calls] == [1, 3, 1, 1, 1]
 
 
 def test_internal_search_calls_are_split_to_fit_the_message_limit():
