@@ -54,6 +54,16 @@ def seen_lists(users: bundle.UserTable, shard_rows: np.ndarray | None, item_coun
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class GenreSubset:
+    """The items a genre filter keeps: a mask over this shard's rows, their number, and the rows themselves
+    when few enough to score exactly."""
+
+    mask: np.ndarray  # bool [n], read-only
+    count: int
+    rows: np.ndarray | None  # int64 rows, when count <= SUBSET_EXACT_BELOW
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class ItemIndex:
     """Search over one shard of one version's items.
 
@@ -107,43 +117,61 @@ class ItemIndex:
         return mask
 
     @functools.lru_cache(maxsize=64)  # noqa: B019  (one cache per loaded version is what we want)
-    def allowed_rows(self, include_mask: int, exclude_mask: int) -> np.ndarray:
-        """Boolean [n]: items with any genre of include_mask (if non-zero) and none of exclude_mask."""
+    def allowed_rows(self, include_mask: int, exclude_mask: int) -> GenreSubset:
+        """The items with any genre of include_mask (if non-zero) and none of exclude_mask.
+
+        Computed once per filter (a scan of the catalog), so that a request pays
+        only for the rows it looks at.
+        """
         genres = self.items.genres
         allowed = np.ones(len(genres), dtype=bool) if not include_mask else (genres & include_mask) != 0
         if exclude_mask:
             allowed &= (genres & exclude_mask) == 0
         allowed.setflags(write=False)
-        return allowed
+        count = int(allowed.sum())
+        rows = np.flatnonzero(allowed) if count <= SUBSET_EXACT_BELOW else None
+        return GenreSubset(allowed, count, rows)
+
+    @functools.lru_cache(maxsize=16)  # noqa: B019
+    def popular_allowed(self, include_mask: int, exclude_mask: int) -> np.ndarray:
+        """This shard's rows passing the filter, most popular first (for unknown users with a filter)."""
+        allowed = self.allowed_rows(include_mask, exclude_mask).mask
+        return self.popular_rows[allowed[self.popular_rows]]
 
     def search_filtered(
-        self, query: np.ndarray, k: int, excluded: np.ndarray, allowed: np.ndarray, exact: bool = False
+        self, query: np.ndarray, k: int, excluded: np.ndarray, allowed: GenreSubset, exact: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k among ``allowed`` rows not in ``excluded``, for one float32 query [dim].
 
         Over-fetches from ScaNN by the inverse of the filter's selectivity and
         widens until k survive; a filter that keeps few items is scored exactly
-        over just those items, which is then cheaper than any over-fetch.
+        over just those items, which is then cheaper than any over-fetch. No
+        step copies or counts the whole catalog per request.
         """
-        candidates = allowed.copy()
-        candidates[excluded] = False
-        n_candidates = int(candidates.sum())
+        excluded = np.unique(excluded)
+        excluded = excluded[allowed.mask[excluded]]  # only exclusions the filter lets through matter
+        n_candidates = allowed.count - len(excluded)
         if exact or n_candidates <= SUBSET_EXACT_BELOW or self.config["mode"] == "brute_force":
-            rows = np.flatnonzero(candidates)
-            top_rows, top_scores = _exact_top(query[None, :], self.items.embeddings[rows], min(k, len(rows)))
-            return rows[top_rows[0]], top_scores[0]
+            return self._exact_among(query, k, allowed, excluded)
         selectivity = n_candidates / len(self)
         fetch = int((k + len(excluded)) / selectivity * 1.5) + 16
         while True:
             rows, scores = self.search(query[None, :], fetch)
-            keep = candidates[rows[0]]
+            keep = allowed.mask[rows[0]]
+            if excluded.size:
+                keep &= ~np.isin(rows[0], excluded, assume_unique=False)
             if keep.sum() >= k:
                 return rows[0][keep][:k], scores[0][keep][:k]
             if fetch >= len(self) // 4:
-                rows = np.flatnonzero(candidates)
-                top_rows, top_scores = _exact_top(query[None, :], self.items.embeddings[rows], min(k, len(rows)))
-                return rows[top_rows[0]], top_scores[0]
+                return self._exact_among(query, k, allowed, excluded)
             fetch *= 4
+
+    def _exact_among(self, query: np.ndarray, k: int, allowed: GenreSubset, excluded: np.ndarray):
+        rows = allowed.rows if allowed.rows is not None else np.flatnonzero(allowed.mask)
+        if excluded.size:
+            rows = rows[~np.isin(rows, excluded)]
+        top_rows, top_scores = _exact_top(query[None, :], self.items.embeddings[rows], min(k, len(rows)))
+        return rows[top_rows[0]], top_scores[0]
 
 
 def _exact_top(queries: np.ndarray, embeddings: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:

@@ -172,36 +172,37 @@ def search(
     if plain:
         fetch = k + max(len(excluded[i]) for i in plain)
         rows, scores = index.search(vectors[plain], fetch, exact=exact)
-        keep = _first_k_kept(rows, [excluded[i] for i in plain], k)
+        keep = _first_k_kept(rows, [excluded[i] for i in plain], k, len(index))
         for i, result in zip(plain, _results(index, rows[keep], scores[keep], keep.sum(axis=1))):
             results[i] = result
     for i in range(len(vectors)):
         if results[i] is not None:
             continue
-        allowed = index.allowed_rows(*filters[i]) if filters[i] is not None else None
         if popular[i]:
-            rows = index.popular_rows if allowed is None else index.popular_rows[allowed[index.popular_rows]]
+            rows = index.popular_rows if filters[i] is None else index.popular_allowed(*filters[i])
             rows = rows[: k + len(excluded[i])]
             scores = index.items.popularity[rows]
         else:
-            rows, scores = index.search_filtered(vectors[i], k, np.unique(excluded[i]), allowed, exact=exact)
-        keep = _first_k_kept(rows[None, :], [excluded[i]], k)[0]
+            rows, scores = index.search_filtered(vectors[i], k, excluded[i], index.allowed_rows(*filters[i]),
+                                                 exact=exact)
+        keep = _first_k_kept(rows[None, :], [excluded[i]], k, len(index))[0]
         [results[i]] = _results(index, rows[keep], scores[keep], [int(keep.sum())])
     return results  # type: ignore[return-value]
 
 
-def _first_k_kept(rows: np.ndarray, excluded: list[np.ndarray], k: int) -> np.ndarray:
-    """bool [q, m]: the first k entries of each row of ``rows`` [q, m] that its query does not exclude.
+def _first_k_kept(rows: np.ndarray, excluded: list[np.ndarray], k: int, n: int) -> np.ndarray:
+    """bool [q, m]: the first k entries of each row of ``rows`` [q, m] (rows of an index of ``n`` items)
+    that its query does not exclude.
 
     One sorted array of (query, row) keys and one binary search for the whole
     batch, instead of a set operation per query.
     """
     keep = np.ones(rows.shape, dtype=bool)
-    if any(e.size for e in excluded):
-        span = np.int64(max(int(rows.max(initial=0)), max(int(e.max(initial=0)) for e in excluded)) + 1)
-        query = np.arange(len(rows), dtype=np.int64)
-        banned = np.sort(np.concatenate([q * span + e.astype(np.int64) for q, e in zip(query.tolist(), excluded)]))
-        keys = query[:, None] * span + rows
+    sizes = [e.size for e in excluded]
+    if any(sizes):
+        offsets = np.arange(len(rows), dtype=np.int64) * n
+        banned = np.sort(np.concatenate(excluded).astype(np.int64) + np.repeat(offsets, sizes))
+        keys = rows + offsets[:, None]
         at = np.minimum(np.searchsorted(banned, keys), len(banned) - 1)
         keep = banned[at] != keys
     return keep & (np.cumsum(keep, axis=1) <= k)

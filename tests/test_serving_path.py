@@ -270,3 +270,36 @@ def test_an_unknown_user_costs_no_tensorflow_call_and_a_bad_genre_no_hop(small_m
             user_id="1", genre_filter=common_pb2.GenreFilter(exclude_genres=["Space Opera"])), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "known genres: unknown, Action" in err.value.details()
     assert embed_calls() == embedded  # refused by the gateway, before any hop
+
+
+@pytest.mark.slow
+def test_filtered_search_through_scann_pays_only_for_what_it_looks_at(tmp_path):
+    from index_service import servicer as index_servicer
+    from index_service.index import make_loader
+    from trainer.synthetic import clustered_table, queries_like
+
+    table = clustered_table(25_000, dim=32, clusters=50)  # clustered, as trained embeddings are: ANN recall is real
+    path = write_item_bundle(tmp_path, n_users=5, seed=9, embeddings=table, with_searcher=True)
+    index = make_loader()(path, bundle.read_manifest(path))
+    assert index.config["mode"] == "tree_ah"
+    items = index.items
+    # Dropping one genre keeps ~24k items: more than SUBSET_EXACT_BELOW, so ScaNN over-fetches.
+    masks = (0, index.genre_mask(["Drama"]))
+    subset = index.allowed_rows(*masks)
+    assert subset.count > 20_000 and subset.rows is None and index.allowed_rows(*masks) is subset  # cached
+    vectors = queries_like(table, 4)
+    excluded = [np.flatnonzero(subset.mask)[:50] for _ in vectors]  # some of them would rank high
+    excluded[0] = np.concatenate([excluded[0], np.argsort(-(items.embeddings @ vectors[0]))[:30]])
+    results = index_servicer.search(index, 20, vectors, np.zeros(4, dtype=bool), excluded, [masks] * 4, exact=False)
+    drama = 1 << index.genre_names.index("Drama")
+    for vector, result, banned in zip(vectors, results, excluded):
+        rows = items.row_of.rows(list(result.item_ids))
+        assert len(rows) == 20 and not set(rows.tolist()) & set(banned.tolist())
+        assert not (items.genres[rows] & drama).any()
+        scores = items.embeddings @ vector
+        allowed = [r for r in np.argsort(-scores) if subset.mask[r] and r not in set(banned.tolist())][:20]
+        assert len(set(allowed) & set(rows.tolist())) >= 16  # approximate search: recall@20 >= 0.8
+    popular = index_servicer.search(index, 5, vectors[:1], np.array([True]), [np.zeros(0, dtype=np.int64)],
+                                    [masks], exact=False)[0]
+    expected = [items.ids[r] for r in index.popular_rows if subset.mask[r]][:5]
+    assert list(popular.item_ids) == expected
