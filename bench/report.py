@@ -146,11 +146,11 @@ def chart(results: dict, path: Path) -> None:
         return
     load = summary_rows(results["load"])
     load = sorted(load, key=lambda r: r["concurrency"])
-    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
-    labels = [f"{short_label(r['target'])}\nc={r['concurrency']}" for r in load]
-    colors = ["#888888" if r["target"].startswith("echo") else
-              "#ff7f0e" if " 1M" in r["target"] else "#1f77b4" if r["target"].startswith("stack") else
-              "#d62728" if r["target"].startswith("TFRS") else "#2ca02c" for r in load]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    labels = [f"{short_label(r['target'])} c={r['concurrency']}" for r in load]
+    colors = ["#888888" if r["target"].startswith("echo") else "#2ca02c" if "hop" in r["target"] else
+              "#ff7f0e" if " 1M" in r["target"] else "#1f77b4" if r["target"].startswith("stack") else "#d62728"
+              for r in load]
     axes[0].bar(labels, [r["rps"] for r in load], color=colors)
     axes[0].set_title("requests/s (higher is better)")
     axes[1].bar(labels, [r["p99_ms"] for r in load], color=colors)
@@ -159,7 +159,7 @@ def chart(results: dict, path: Path) -> None:
     axes[2].bar(labels, [r["cpu_ms_per_request"] for r in load], color=colors)
     axes[2].set_title("server CPU ms per request")
     for ax in axes:
-        ax.tick_params(axis="x", labelsize=7)
+        ax.tick_params(axis="x", labelsize=7, labelrotation=90)
     fig.suptitle(f"recsys benchmark, {results['started_at']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
