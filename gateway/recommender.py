@@ -253,6 +253,8 @@ class Recommender:
                                      common_pb2.GetModelStatusRequest(), timeout)
             except PeerError as exc:
                 log.warning("could not fetch the genre names from the index", extra={"failed": str(exc)})
+                # Ask again in a second, not on every request while the index is down.
+                self._genres = (names, time.monotonic() - GENRES_MAX_AGE_S + 1.0)
                 return names
             newest = [v for s in status.services for v in s.versions if v.is_default]
             names = tuple(newest[0].genres) if newest else ()
