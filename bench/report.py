@@ -22,15 +22,30 @@ def _median_run(runs: list[dict]) -> dict | None:
 
 
 def paired_rounds(load_runs: list[dict]) -> list[dict]:
-    """Per round and concurrency: echo and stack req/s, measured back to back, and their ratio."""
-    by_key = {(r["target"].split(" ")[0], r["concurrency"], r.get("round", 1)): r for r in load_runs}
+    """Per round, concurrency and stack target: echo and stack measured back to back, and their ratios
+    (req/s share of the floor, and p50 as a multiple of the floor's)."""
+    echo = {(r.get("round", 1), r["concurrency"]): r for r in load_runs if r["target"].startswith("echo")}
     rows = []
-    for (target, c, round_no), echo in sorted(by_key.items(), key=lambda kv: (kv[0][2], kv[0][1])):
-        stack_run = by_key.get(("stack", c, round_no))
-        if target == "echo" and stack_run:
-            rows.append({"round": round_no, "concurrency": c, "echo_rps": echo["rps"], "stack_rps": stack_run["rps"],
-                         "share": round(stack_run["rps"] / echo["rps"], 4), "stack_p99_ms": stack_run["p99_ms"]})
+    for r in sorted(load_runs, key=lambda r: (r.get("round", 1), r["concurrency"])):
+        floor = echo.get((r.get("round", 1), r["concurrency"]))
+        if not r["target"].startswith("stack") or floor is None:
+            continue
+        rows.append({"round": r.get("round", 1), "concurrency": r["concurrency"], "target": r["target"],
+                     "echo_rps": floor["rps"], "stack_rps": r["rps"], "share": round(r["rps"] / floor["rps"], 4),
+                     "stack_p99_ms": r["p99_ms"], "echo_p50_ms": floor["p50_ms"], "stack_p50_ms": r["p50_ms"],
+                     "p50_ratio": round(r["p50_ms"] / floor["p50_ms"], 3)})
     return rows
+
+
+def short_label(target: str) -> str:
+    """A chart label: echo, ML / 1M (+seen), the hops alone, TFRS."""
+    if target.startswith("echo"):
+        return "echo"
+    if target.startswith("TFRS"):
+        return "TFRS"
+    if target.startswith("stack"):
+        return ("1M" if " 1M" in target else "ML") + ("+seen" if "exclude_seen" in target else "")
+    return target.replace(" hop alone", " hop").replace(", 1M", " 1M")
 
 
 def summary_rows(load_runs: list[dict]) -> list[dict]:
@@ -53,11 +68,17 @@ def markdown(results: dict) -> str:
     load = results.get("load", [])
     if load:
         rounds = max(r.get("round", 1) for r in load)
+        million = (f"; `stack 1M` is the stack over the synthetic 1M-item catalog ({results.get('million_bundle')}), "
+                   f"user {results.get('million_user_id')!r} ({results.get('million_user_seen')} training interactions)"
+                   if results.get("million_user_id") else "")
         lines += [
-            f"Load: h2load, unary `Recommend(user_id={results.get('user_id')!r}, k=10)`, `-c N -m 1` (N outstanding "
-            "calls), each target measured while the others sit idle, after an unmeasured warm-up. Echo and the stack "
-            f"ran in {rounds} paired round(s) (echo, then the stack, back to back); each row is the median run of its "
-            "target (by req/s). CPU = server processes' CPU time / requests.",
+            f"Load: h2load, unary `Recommend(user_id, k=10)`, `-c N -m 1` (N outstanding calls), each target measured "
+            "while the others sit idle, after an unmeasured warm-up. `stack (gateway)` is the stack over the trained "
+            f"MovieLens bundle, user {results.get('user_id')!r} ({results.get('user_seen')} training ratings: the "
+            f"median user){million}; `exclude_seen` rows set it. `query hop alone` / `index hop alone` are "
+            "`EmbedUsers` of that user / `Search` of its vector (k=10) sent straight to that service: one hop of a "
+            f"request at c=1. Echo and the stacks ran in {rounds} paired round(s) (echo, then each stack, back to "
+            "back); each row is the median run of its target (by req/s). CPU = server processes' CPU time / requests.",
             "",
             "| target | conc. | req/s | p50 ms | p99 ms | errors (gRPC) | CPU ms/req | CPU by process (ms/req) | load 1m |",
             "|---|---:|---:|---:|---:|---|---:|---|---:|",
@@ -72,11 +93,13 @@ def markdown(results: dict) -> str:
         lines.append("")
         pairs = paired_rounds(load)
         if pairs:
-            lines += ["Paired rounds (stack req/s as a share of the echo floor measured just before it):", "",
-                      "| round | conc. | echo req/s | stack req/s | share | stack p99 ms |", "|---:|---:|---:|---:|---:|---:|"]
+            lines += ["Paired rounds (stack req/s as a share of the echo floor measured just before it, and its p50 as a "
+                      "multiple of the floor's):", "",
+                      "| round | conc. | echo req/s | stack req/s | share | stack p99 ms | p50 / echo p50 | stack |",
+                      "|---:|---:|---:|---:|---:|---:|---:|---|"]
             for p in pairs:
                 lines.append(f"| {p['round']} | {p['concurrency']} | {_fmt(p['echo_rps'], 0)} | {_fmt(p['stack_rps'], 0)} "
-                             f"| {p['share']:.0%} | {_fmt(p['stack_p99_ms'])} |")
+                             f"| {p['share']:.0%} | {_fmt(p['stack_p99_ms'])} | {p['p50_ratio']:.1f}x | {p['target']} |")
             lines.append("")
     index = results.get("index")
     if index:
@@ -102,13 +125,8 @@ def markdown(results: dict) -> str:
                 s = index[key]
                 lines.append(f"| {label}: start to SERVING / RSS | {s['seconds_to_serving']} s / {s['rss_mb']} MB |")
         if "memory_budget_mb" in index:
-            lines.append(f"| memory budget: 3 x raw float32 + baseline | {index['memory_budget_mb']} MB |")
-        if "stack_1m" in index:
-            r = index["stack_1m"]
-            by = ", ".join(f"{k} {v:.3f}" for k, v in r["cpu_ms_by_process"].items())
-            lines.append(f"| stack over this catalog, c=32: req/s, p50 / p99 ms | {_fmt(r['rps'], 0)}, "
-                         f"{_fmt(r['p50_ms'])} / {_fmt(r['p99_ms'])} |")
-            lines.append(f"| ... CPU ms/req by process; index RSS under load | {by}; {r.get('index_rss_mb')} MB |")
+            lines.append(f"| memory budget: 3 x raw float32 + seen lists ({index.get('seen_lists_mb', 0)} MB) + baseline "
+                         f"| {index['memory_budget_mb']} MB |")
         lines.append("")
     if results.get("targets"):
         lines += ["Targets:", "", "| target | figure | met |", "|---|---|---|"]
@@ -127,9 +145,11 @@ def chart(results: dict, path: Path) -> None:
     if not results.get("load"):
         return
     load = summary_rows(results["load"])
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    labels = [f"{r['target'].split(' ')[0]}\nc={r['concurrency']}" for r in load]  # echo / stack / TFRS
-    colors = ["#888888" if r["target"].startswith("echo") else "#1f77b4" if r["target"].startswith("stack") else "#d62728"
+    load = sorted(load, key=lambda r: r["concurrency"])
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    labels = [f"{short_label(r['target'])} c={r['concurrency']}" for r in load]
+    colors = ["#888888" if r["target"].startswith("echo") else "#2ca02c" if "hop" in r["target"] else
+              "#ff7f0e" if " 1M" in r["target"] else "#1f77b4" if r["target"].startswith("stack") else "#d62728"
               for r in load]
     axes[0].bar(labels, [r["rps"] for r in load], color=colors)
     axes[0].set_title("requests/s (higher is better)")
@@ -139,7 +159,7 @@ def chart(results: dict, path: Path) -> None:
     axes[2].bar(labels, [r["cpu_ms_per_request"] for r in load], color=colors)
     axes[2].set_title("server CPU ms per request")
     for ax in axes:
-        ax.tick_params(axis="x", labelsize=7)
+        ax.tick_params(axis="x", labelsize=7, labelrotation=90)
     fig.suptitle(f"recsys benchmark, {results['started_at']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

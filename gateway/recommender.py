@@ -32,6 +32,16 @@ _NO_FEATURES = common_pb2.UserFeatures()
 # How long to keep using an older common version after a mismatch before
 # trying the query tier's newest again.
 PIN_SECONDS = 1.0
+# How long the index's genre names are trusted before asking again (a new
+# model version may bring other genres).
+GENRES_MAX_AGE_S = 5.0
+# An upper bound on the bytes one result (item id, title, score) takes in a
+# Search response: internal calls are split so that each response stays
+# within the message size limit.
+SEARCH_RESULT_BYTES = 256
+# Queries whose k differ more than this factor go to separate Search calls
+# (every query of a call is searched with the call's largest k).
+K_SPREAD_PER_CALL = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +85,7 @@ class Recommender:
         batch_wait_us: int,
         concurrency: int,
         default_timeout_s: float,
+        max_message_bytes: int = 8 * 1024 * 1024,
     ):
         self.query_tier = query
         self.index_tiers = list(index_shards)
@@ -82,6 +93,9 @@ class Recommender:
         self.index_shards = [index_service_pb2_grpc.IndexServiceStub(t.channel) for t in self.index_tiers]
         self.default_timeout_s = default_timeout_s
         self._pinned: tuple[str, float] | None = None
+        self.search_results_per_call = max(1, max_message_bytes // SEARCH_RESULT_BYTES)
+        self._genres: tuple[tuple[str, ...], float] = ((), -GENRES_MAX_AGE_S)
+        self._genres_lock = asyncio.Lock()
         self.batcher: MicroBatcher[RecRequest, RecResult] = MicroBatcher(
             self._run_batch, max_batch=max_batch, max_wait_us=batch_wait_us, concurrency=concurrency, stage="gateway"
         )
@@ -92,21 +106,17 @@ class Recommender:
     # ------------------------------------------------------------------ one batch
 
     async def _run_batch(self, batch: list[RecRequest]) -> list[RecResult | PeerError]:
-        # Peers see one id per batch; this line ties it to the callers' ids.
-        request_id.current.set(batch[0].request_id if len(batch) == 1 else request_id.new_id())
+        # Peers see one id per batch; this line ties it to the callers' ids. Reset
+        # after: an idle caller's batch runs in the caller's own task (MicroBatcher).
+        token = request_id.current.set(batch[0].request_id if len(batch) == 1 else request_id.new_id())
         if len(batch) > 1 and log.isEnabledFor(logging.DEBUG):
             log.debug("batch", extra={"request_ids": [r.request_id for r in batch]})
         try:
-            return await self._run_batch_once(batch)
-        except PeerError as exc:
-            if exc.code != grpc.StatusCode.INVALID_ARGUMENT or len(batch) == 1:
-                raise
-        # One request the index refused (e.g. an unknown genre) must not fail the
-        # others it was batched with: answer each on its own.
-        outcomes = await asyncio.gather(*(self._run_batch_once([r]) for r in batch), return_exceptions=True)
-        return [o[0] if isinstance(o, list) else o for o in outcomes]
+            return await self._run_batch_in_one_version(batch)
+        finally:
+            request_id.current.reset(token)
 
-    async def _run_batch_once(self, batch: list[RecRequest]) -> list[RecResult]:
+    async def _run_batch_in_one_version(self, batch: list[RecRequest]) -> list[RecResult | PeerError]:
         timeout = self._timeout(batch)
         version = self._pinned_version()
         try:
@@ -140,7 +150,7 @@ class Recommender:
         self._pinned = None
         return ""
 
-    async def _embed(self, batch: list[RecRequest], version: str, timeout: float):
+    async def _embed(self, batch: list[RecRequest], version: str, timeout: float) -> _Embedded:
         # One entry per distinct user id; a request carrying features gets its own
         # entry (two new users may share a placeholder id but not their features).
         user_ids: list[str] = []
@@ -156,39 +166,98 @@ class Recommender:
                 entry_of[r.user_id] = len(user_ids)
             user_ids.append(r.user_id)
             features.append(r.user_features or _NO_FEATURES)
+        # Unknown users get the most popular items: no vector (and no TensorFlow
+        # call) is needed for them. Seen lists stay in the index (exclude_seen by user id).
         request = query_service_pb2.EmbedUsersRequest(
-            user_ids=user_ids, model_version=version, include_seen=any(r.exclude_seen for r in batch),
+            user_ids=user_ids, model_version=version, skip_unknown_users=True,
             user_features=features if any(r.user_features is not None for r in batch) else (),
         )
         response = await _call(self.query_tier, self.query.EmbedUsers, request, timeout)
         embeddings = response.embeddings
         return _Embedded(response, [embeddings[slot] for slot in slots])
 
-    async def _search(self, batch: list[RecRequest], embedded: _Embedded, timeout: float) -> list[RecResult]:
+    async def _search(self, batch: list[RecRequest], embedded: _Embedded, timeout: float) -> list[RecResult | PeerError]:
+        """Searches every shard for the batch; a request the index refuses fails alone."""
+        try:
+            return await self._search_calls(batch, embedded.per_request, embedded.model_version, timeout)
+        except PeerError as exc:
+            if exc.code != grpc.StatusCode.INVALID_ARGUMENT or len(batch) == 1:
+                raise
+        # The gateway checks what it can before batching, so this is rare (e.g. a
+        # genre a new version dropped): find the culprit by searching each request
+        # alone with the vectors already embedded; the query tier is not asked again.
+        outcomes = await asyncio.gather(
+            *(self._search_calls([r], [user], embedded.model_version, timeout)
+              for r, user in zip(batch, embedded.per_request)),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, PeerError):
+                raise outcome
+        return [o if isinstance(o, PeerError) else o[0] for o in outcomes]
+
+    async def _search_calls(
+        self, batch: list[RecRequest], users: list[query_service_pb2.UserEmbedding], version: str, timeout: float
+    ) -> list[RecResult]:
+        """One Search call per shard for each chunk of the batch (see ``search_chunks``), all at once."""
+        chunks = search_chunks([r.k for r in batch], self.search_results_per_call)
+        answers = await asyncio.gather(*(self._search_chunk(batch, users, chunk, version, timeout) for chunk in chunks))
+        out: list[RecResult] = [None] * len(batch)  # type: ignore[list-item]
+        for chunk, per_shard in zip(chunks, answers):
+            for qi, i in enumerate(chunk):
+                user = users[i]
+                merged = _merge_top_k([resp.results[qi] for resp in per_shard], batch[i].k)
+                out[i] = RecResult(merged, version, fallback=not (user.known or user.from_features))
+        return out
+
+    async def _search_chunk(
+        self, batch: list[RecRequest], users: list[query_service_pb2.UserEmbedding], chunk: list[int], version: str,
+        timeout: float,
+    ) -> list[index_service_pb2.SearchResponse]:
         queries = []
-        for r, user in zip(batch, embedded.per_request):
-            excluded = list(r.exclude_item_ids)
-            if r.exclude_seen:
-                excluded.extend(user.seen_item_ids)
-                if user.from_features:
-                    excluded.extend(r.user_features.watched_item_ids)
+        for i in chunk:
+            r, user = batch[i], users[i]
+            excluded = r.exclude_item_ids
+            if r.exclude_seen and user.from_features:
+                excluded = (*excluded, *r.user_features.watched_item_ids)
             query = index_service_pb2.Query(exclude_item_ids=excluded, genre_filter=r.genre_filter)
             if user.known or user.from_features:
                 query.vector.extend(user.values)
             else:
                 query.most_popular = True
+            if r.exclude_seen and user.known:
+                query.user_id = r.user_id
+                query.exclude_seen = True
             queries.append(query)
         request = index_service_pb2.SearchRequest(
-            queries=queries, k=max(r.k for r in batch), model_version=embedded.model_version
+            queries=queries, k=max(batch[i].k for i in chunk), model_version=version
         )
-        responses = await asyncio.gather(
+        return await asyncio.gather(
             *(_call(tier, shard.Search, request, timeout) for tier, shard in zip(self.index_tiers, self.index_shards))
         )
-        out = []
-        for qi, (r, user) in enumerate(zip(batch, embedded.per_request)):
-            merged = _merge_top_k([resp.results[qi] for resp in responses], r.k)
-            out.append(RecResult(merged, embedded.model_version, fallback=not (user.known or user.from_features)))
-        return out
+
+    async def genre_names(self, timeout: float) -> tuple[str, ...]:
+        """The genre names of the index's newest version, for checking filters before batching.
+
+        Asked of the first index shard at most every GENRES_MAX_AGE_S; empty when
+        it cannot be reached (the index then checks the names itself).
+        """
+        async with self._genres_lock:
+            names, fetched_at = self._genres
+            if time.monotonic() - fetched_at < GENRES_MAX_AGE_S:
+                return names
+            try:
+                status = await _call(self.index_tiers[0], self.index_shards[0].GetModelStatus,
+                                     common_pb2.GetModelStatusRequest(), timeout)
+            except PeerError as exc:
+                log.warning("could not fetch the genre names from the index", extra={"failed": str(exc)})
+                # Ask again in a second, not on every request while the index is down.
+                self._genres = (names, time.monotonic() - GENRES_MAX_AGE_S + 1.0)
+                return names
+            newest = [v for s in status.services for v in s.versions if v.is_default]
+            names = tuple(newest[0].genres) if newest else ()
+            self._genres = (names, time.monotonic())
+            return names
 
     async def _common_version(self, timeout: float) -> str:
         """The newest version loaded on the query tier and on every index shard."""
@@ -272,6 +341,23 @@ def _available(status: common_pb2.GetModelStatusResponse) -> set[int]:
         for v in s.versions
         if v.state == common_pb2.MODEL_VERSION_STATE_AVAILABLE
     }
+
+
+def search_chunks(ks: Sequence[int], results_per_call: int) -> list[list[int]]:
+    """Groups request positions into Search calls: each call asks for at most
+    ``results_per_call`` results (queries x its largest k), and mixes only ks
+    within a factor K_SPREAD_PER_CALL of each other. One call in the common case."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(ks)), key=ks.__getitem__):
+        # ks ascend, so ks[i] is the largest k of the chunk if i joins it.
+        if current and ((len(current) + 1) * ks[i] > results_per_call or ks[i] > K_SPREAD_PER_CALL * ks[current[0]]):
+            chunks.append(current)
+            current = []
+        current.append(i)
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def _merge_top_k(results: Sequence[index_service_pb2.SearchResult], k: int) -> list[Scored]:

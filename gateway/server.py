@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> None:
     from gateway.peers import Tier, open_channel
     from gateway.recommender import Recommender
-    from gateway.servicer import GatewayServicer
+    from gateway.servicer import MAX_BATCH_RESULTS, RESULT_BYTES, GatewayServicer
     from recsys.v1 import gateway_pb2_grpc
     from serving import tls
     from serving.server import SERVING, GrpcServer
@@ -69,9 +69,13 @@ async def serve(args: argparse.Namespace) -> None:
         batch_wait_us=args.batch_wait_us,
         concurrency=args.batch_concurrency,
         default_timeout_s=args.default_timeout,
+        max_message_bytes=args.max_message_bytes,
     )
     servicer = GatewayServicer(recommender, max_batch_request=args.max_batch_request)
-    server = GrpcServer(args, [servicer.service_name])
+    # Requests stay within --max-message-bytes; answers may be as large as the
+    # API's largest (a RecommendBatch of MAX_BATCH_RESULTS movies).
+    server = GrpcServer(args, [servicer.service_name],
+                        max_send_message_bytes=max(args.max_message_bytes, MAX_BATCH_RESULTS * RESULT_BYTES))
     gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server.registrar)
     await server.start()
     # Liveness (the process answers) is SERVING at once; readiness waits for the peers below.

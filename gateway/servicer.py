@@ -16,6 +16,10 @@ DEFAULT_K = 10
 MAX_USER_ID_BYTES = 256
 MAX_EXCLUDED = 10_000
 MAX_GENRE_NAMES = 64
+# The most movies one RecommendBatch may ask for (the sum of its k): the answer
+# is one message, which the gateway sends up to about RESULT_BYTES each.
+MAX_BATCH_RESULTS = 100_000
+RESULT_BYTES = 256
 # Below this much time left, the inner calls cannot finish: fail now.
 MIN_USEFUL_TIME_S = 0.001
 
@@ -62,7 +66,7 @@ def parse_excluded(ids) -> tuple[str, ...]:
 
 
 def parse_genre_filter(request) -> common_pb2.GenreFilter | None:
-    """The request's filter, or None when it filters nothing. Names are checked by the index."""
+    """The request's filter, or None when it filters nothing. Names are checked by ``check_genre_names``."""
     if not request.HasField("genre_filter"):
         return None
     f = request.genre_filter
@@ -72,6 +76,19 @@ def parse_genre_filter(request) -> common_pb2.GenreFilter | None:
     if len(names) > MAX_GENRE_NAMES or any(not n or len(n) > 64 for n in names):
         raise InvalidRequest(f"genre_filter takes at most {MAX_GENRE_NAMES} non-empty genre names of up to 64 chars")
     return f
+
+
+def check_genre_names(genre_filter: common_pb2.GenreFilter | None, known: tuple[str, ...]) -> None:
+    """InvalidRequest naming the valid genres if the filter names one the model does not know.
+
+    ``known`` empty means the names could not be fetched: the index checks them then.
+    """
+    if genre_filter is None or not known:
+        return
+    lookup = {g.lower() for g in known}
+    for name in (*genre_filter.include_genres, *genre_filter.exclude_genres):
+        if name.lower() not in lookup:
+            raise InvalidRequest(f"genre_filter: unknown genre {name[:40]!r}; known genres: {', '.join(known)}")
 
 
 def to_response(result: RecResult) -> gateway_pb2.RecommendResponse:
@@ -94,6 +111,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         deadline = await _deadline(context)
         try:
             parsed = parse_recommend(request, deadline)
+            if parsed.genre_filter is not None:
+                check_genre_names(parsed.genre_filter, await self._genre_names(deadline))
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
@@ -111,11 +130,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 f"requests holds {n} entries; send 1..{self.max_batch_request} (split larger jobs)",
             )
         parsed = []
+        genres: tuple[str, ...] | None = None
         for i, r in enumerate(request.requests):
             try:
                 parsed.append(parse_recommend(r, deadline))
+                if parsed[-1].genre_filter is not None:
+                    genres = await self._genre_names(deadline) if genres is None else genres
+                    check_genre_names(parsed[-1].genre_filter, genres)
             except InvalidRequest as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"requests[{i}]: {exc}")
+        total = sum(p.k for p in parsed)
+        if total > MAX_BATCH_RESULTS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"requests ask for {total} movies in all (the sum of their k); at most {MAX_BATCH_RESULTS} per "
+                "RecommendBatch call fit one response: split the job",
+            )
         try:
             results = await self.recommender.recommend(parsed)
         except PeerError as exc:
@@ -130,6 +160,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             k = parse_k(request.k)
             excluded = parse_excluded(request.exclude_item_ids)
             genre_filter = parse_genre_filter(request)
+            if genre_filter is not None:
+                check_genre_names(genre_filter, await self._genre_names(deadline))
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         timeout = self.recommender.default_timeout_s if deadline is None else deadline - time.monotonic()
@@ -141,6 +173,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             items=[gateway_pb2.ScoredItem(item_id=i, title=t, score=s) for i, t, s in result.items],
             model_version=result.model_version,
         )
+
+    async def _genre_names(self, deadline: float | None) -> tuple[str, ...]:
+        timeout = self.recommender.default_timeout_s if deadline is None else max(0.001, deadline - time.monotonic())
+        return await self.recommender.genre_names(timeout)
 
     async def GetModelStatus(self, request, context):
         peers = await self.recommender.peer_status(self.status_timeout_s)

@@ -18,6 +18,51 @@ from serving import ann, bundle
 SUBSET_EXACT_BELOW = 20_000
 
 
+@dataclasses.dataclass(frozen=True)
+class SeenLists:
+    """Each training user's interactions, as rows of this shard's items (CSR).
+
+    Loaded from the bundle (user_ids, seen_indptr, seen_items) so that
+    ``exclude_seen`` is applied here from a user id, instead of the item ids
+    being looked up by the query tier, sent to the gateway, copied into every
+    shard's request and looked up again by string.
+    """
+
+    user_row: bundle.IdIndex  # user id -> row of indptr
+    indptr: np.ndarray  # int64 [users + 1]
+    rows: np.ndarray  # int32 [nnz], this shard's item rows
+
+    def of(self, user_ids: list[str]) -> list[np.ndarray]:
+        """This shard's item rows each user saw in training (empty for unknown users)."""
+        users = self.user_row.rows(user_ids)
+        empty = self.rows[:0]
+        return [self.rows[self.indptr[u] : self.indptr[u + 1]] if u >= 0 else empty for u in users.tolist()]
+
+
+def seen_lists(users: bundle.UserTable, shard_rows: np.ndarray | None, item_count: int) -> SeenLists:
+    """``users``' seen lists in the numbering of a shard holding ``shard_rows`` (None: the whole catalog)."""
+    if shard_rows is None:
+        return SeenLists(users.row_of, users.seen_indptr, users.seen_items.astype(np.int32, copy=False))
+    local = np.full(item_count, -1, dtype=np.int32)
+    local[shard_rows] = np.arange(len(shard_rows), dtype=np.int32)
+    mapped = local[users.seen_items]
+    kept = mapped >= 0
+    owner = np.repeat(np.arange(len(users.ids)), np.diff(users.seen_indptr))[kept]
+    counts = np.bincount(owner, minlength=len(users.ids))
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return SeenLists(users.row_of, indptr, mapped[kept])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GenreSubset:
+    """The items a genre filter keeps: a mask over this shard's rows, their number, and the rows themselves
+    when few enough to score exactly."""
+
+    mask: np.ndarray  # bool [n], read-only
+    count: int
+    rows: np.ndarray | None  # int64 rows, when count <= SUBSET_EXACT_BELOW
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ItemIndex:
     """Search over one shard of one version's items.
@@ -31,6 +76,7 @@ class ItemIndex:
     config: dict[str, Any]
     popular_rows: np.ndarray  # this shard's rows, most popular first
     genre_names: tuple[str, ...]
+    seen: SeenLists | None = None  # the training users' seen lists, for exclude_seen
 
     @property
     def dim(self) -> int:
@@ -71,43 +117,61 @@ class ItemIndex:
         return mask
 
     @functools.lru_cache(maxsize=64)  # noqa: B019  (one cache per loaded version is what we want)
-    def allowed_rows(self, include_mask: int, exclude_mask: int) -> np.ndarray:
-        """Boolean [n]: items with any genre of include_mask (if non-zero) and none of exclude_mask."""
+    def allowed_rows(self, include_mask: int, exclude_mask: int) -> GenreSubset:
+        """The items with any genre of include_mask (if non-zero) and none of exclude_mask.
+
+        Computed once per filter (a scan of the catalog), so that a request pays
+        only for the rows it looks at.
+        """
         genres = self.items.genres
         allowed = np.ones(len(genres), dtype=bool) if not include_mask else (genres & include_mask) != 0
         if exclude_mask:
             allowed &= (genres & exclude_mask) == 0
         allowed.setflags(write=False)
-        return allowed
+        count = int(allowed.sum())
+        rows = np.flatnonzero(allowed) if count <= SUBSET_EXACT_BELOW else None
+        return GenreSubset(allowed, count, rows)
+
+    @functools.lru_cache(maxsize=16)  # noqa: B019
+    def popular_allowed(self, include_mask: int, exclude_mask: int) -> np.ndarray:
+        """This shard's rows passing the filter, most popular first (for unknown users with a filter)."""
+        allowed = self.allowed_rows(include_mask, exclude_mask).mask
+        return self.popular_rows[allowed[self.popular_rows]]
 
     def search_filtered(
-        self, query: np.ndarray, k: int, excluded: np.ndarray, allowed: np.ndarray, exact: bool = False
+        self, query: np.ndarray, k: int, excluded: np.ndarray, allowed: GenreSubset, exact: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k among ``allowed`` rows not in ``excluded``, for one float32 query [dim].
 
         Over-fetches from ScaNN by the inverse of the filter's selectivity and
         widens until k survive; a filter that keeps few items is scored exactly
-        over just those items, which is then cheaper than any over-fetch.
+        over just those items, which is then cheaper than any over-fetch. No
+        step copies or counts the whole catalog per request.
         """
-        candidates = allowed.copy()
-        candidates[excluded] = False
-        n_candidates = int(candidates.sum())
+        excluded = np.unique(excluded)
+        excluded = excluded[allowed.mask[excluded]]  # only exclusions the filter lets through matter
+        n_candidates = allowed.count - len(excluded)
         if exact or n_candidates <= SUBSET_EXACT_BELOW or self.config["mode"] == "brute_force":
-            rows = np.flatnonzero(candidates)
-            top_rows, top_scores = _exact_top(query[None, :], self.items.embeddings[rows], min(k, len(rows)))
-            return rows[top_rows[0]], top_scores[0]
+            return self._exact_among(query, k, allowed, excluded)
         selectivity = n_candidates / len(self)
         fetch = int((k + len(excluded)) / selectivity * 1.5) + 16
         while True:
             rows, scores = self.search(query[None, :], fetch)
-            keep = candidates[rows[0]]
+            keep = allowed.mask[rows[0]]
+            if excluded.size:
+                keep &= ~np.isin(rows[0], excluded, assume_unique=False)
             if keep.sum() >= k:
                 return rows[0][keep][:k], scores[0][keep][:k]
             if fetch >= len(self) // 4:
-                rows = np.flatnonzero(candidates)
-                top_rows, top_scores = _exact_top(query[None, :], self.items.embeddings[rows], min(k, len(rows)))
-                return rows[top_rows[0]], top_scores[0]
+                return self._exact_among(query, k, allowed, excluded)
             fetch *= 4
+
+    def _exact_among(self, query: np.ndarray, k: int, allowed: GenreSubset, excluded: np.ndarray):
+        rows = allowed.rows if allowed.rows is not None else np.flatnonzero(allowed.mask)
+        if excluded.size:
+            rows = rows[~np.isin(rows, excluded)]
+        top_rows, top_scores = _exact_top(query[None, :], self.items.embeddings[rows], min(k, len(rows)))
+        return rows[top_rows[0]], top_scores[0]
 
 
 def _exact_top(queries: np.ndarray, embeddings: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,10 +186,17 @@ def _exact_top(queries: np.ndarray, embeddings: np.ndarray, fetch: int) -> tuple
     return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
 
 
-def shard_items(items: bundle.ItemTable, shard_index: int, num_shards: int) -> bundle.ItemTable:
+def shard_rows(items: bundle.ItemTable, shard_index: int, num_shards: int) -> np.ndarray | None:
+    """The catalog rows a shard holds, ascending (None when there is one shard: all of them)."""
     if num_shards == 1:
+        return None
+    return np.flatnonzero([bundle.shard_of(i, num_shards) == shard_index for i in items.ids.tolist()])
+
+
+def shard_items(items: bundle.ItemTable, keep: np.ndarray | None) -> bundle.ItemTable:
+    """The rows ``keep`` of ``items`` (all of them for None), as a table of their own."""
+    if keep is None:
         return items
-    keep = np.array([bundle.shard_of(i, num_shards) == shard_index for i in items.ids.tolist()], dtype=bool)
     ids = items.ids[keep]
     return bundle.ItemTable(
         ids=ids,
@@ -147,8 +218,10 @@ def make_loader(shard_index: int = 0, num_shards: int = 1):
     """
 
     def load(path: Path, manifest: bundle.Manifest) -> ItemIndex:
-        items, _ = bundle.validate(path, manifest)
-        items = shard_items(items, shard_index, num_shards)
+        catalog, users = bundle.validate(path, manifest)
+        rows = shard_rows(catalog, shard_index, num_shards)
+        items = shard_items(catalog, rows)
+        seen = seen_lists(users, rows, len(catalog))
         if len(items) == 0:
             raise bundle.BundleError(f"{path}: shard {shard_index} of {num_shards} holds no items")
         recorded = manifest.raw.get("scann") or {}
@@ -161,7 +234,7 @@ def make_loader(shard_index: int = 0, num_shards: int = 1):
             config = ann.scann_config(len(items)) if num_shards > 1 else {**ann.scann_config(len(items)), **recorded}
             searcher = ann.build_searcher(items.embeddings, config)
         popular = bundle.popularity_order(items)
-        return ItemIndex(manifest.version, items, searcher, config, popular, manifest.genres)
+        return ItemIndex(manifest.version, items, searcher, config, popular, manifest.genres, seen)
 
     return load
 

@@ -38,6 +38,19 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
         self.shard_index = shard_index
         self.num_shards = num_shards
 
+    def _status(self):
+        # Each loaded version's genre names, so the gateway can check a genre
+        # filter before any call is batched.
+        status = super()._status()
+        loaded = set(self.manager.versions)
+        for entry in status.versions:
+            if int(entry.version) in loaded:
+                try:
+                    entry.genres.extend(self.manager.get(int(entry.version))[1].genre_names)
+                except VersionUnavailable:  # unloaded since
+                    pass
+        return status
+
     async def Search(self, request, context):
         version, index = await self._model(request.model_version, context)
         try:
@@ -92,8 +105,9 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
         dim = index.dim
         vectors = np.zeros((len(queries), dim), dtype=np.float32)
         popular = np.zeros(len(queries), dtype=bool)
-        excluded: list[np.ndarray] = []
-        filters: list[tuple[int, int] | None] = []
+        excluded: list[np.ndarray] = [_NO_ROWS] * len(queries)
+        filters: list[tuple[int, int] | None] = [None] * len(queries)
+        seen_of: dict[str, list[int]] = {}  # user id -> the queries that exclude what that user saw
         for i, query in enumerate(queries):
             if query.most_popular:
                 if len(query.vector):
@@ -106,25 +120,34 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
                         f"{index.version}) needs {dim}"
                     )
                 vectors[i] = query.vector
-            if len(query.exclude_item_ids) > self.max_excluded:
-                raise InvalidRequest(
-                    f"queries[{i}] excludes {len(query.exclude_item_ids)} items; at most {self.max_excluded}"
-                )
+            if query.exclude_item_ids:
+                if len(query.exclude_item_ids) > self.max_excluded:
+                    raise InvalidRequest(
+                        f"queries[{i}] excludes {len(query.exclude_item_ids)} items; at most {self.max_excluded}"
+                    )
+                rows = index.items.row_of.rows(query.exclude_item_ids)
+                excluded[i] = rows[rows >= 0]
+            if query.exclude_seen and query.user_id:
+                seen_of.setdefault(query.user_id, []).append(i)
             if query.HasField("genre_filter"):
                 try:
                     masks = (index.genre_mask(query.genre_filter.include_genres),
                              index.genre_mask(query.genre_filter.exclude_genres))
                 except ValueError as exc:
                     raise InvalidRequest(f"queries[{i}].genre_filter: {exc}") from exc
-                filters.append(masks if any(masks) else None)
-            else:
-                filters.append(None)
-            rows = index.items.row_of.rows(query.exclude_item_ids)
-            excluded.append(np.unique(rows[rows >= 0]))
+                filters[i] = masks if any(masks) else None
+        if seen_of and index.seen is not None:
+            # One id lookup for the whole batch; the lists are row numbers already.
+            for rows, queries_of_user in zip(index.seen.of(list(seen_of)), seen_of.values()):
+                for i in queries_of_user:
+                    excluded[i] = np.concatenate([excluded[i], rows]) if excluded[i].size else rows
         if not np.isfinite(vectors).all():
             bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
             raise InvalidRequest(f"queries[{bad}].vector holds NaN or Inf; every value must be finite")
         return k, vectors, popular, excluded, filters
+
+
+_NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
 def search(
@@ -138,37 +161,64 @@ def search(
 ) -> list[index_service_pb2.SearchResult]:
     """Top-k per query with exclusions and genre filters; exactly k whenever the catalog allows.
 
+    ``excluded[i]`` holds query i's excluded rows (duplicates allowed).
     Unfiltered vector queries go to ScaNN as one batch, over-fetching by the
-    number of excluded items; filtered ones are searched one by one with an
-    over-fetch sized by the filter's selectivity.
+    largest number of excluded items among them, and are cut to k in one
+    vectorised step; filtered ones are searched one by one with an over-fetch
+    sized by the filter's selectivity.
     """
     results: list[index_service_pb2.SearchResult | None] = [None] * len(vectors)
     plain = [i for i in range(len(vectors)) if not popular[i] and filters[i] is None]
     if plain:
         fetch = k + max(len(excluded[i]) for i in plain)
         rows, scores = index.search(vectors[plain], fetch, exact=exact)
-        for j, i in enumerate(plain):
-            results[i] = _result(index, rows[j], scores[j], excluded[i], k)
+        keep = _first_k_kept(rows, [excluded[i] for i in plain], k, len(index))
+        for i, result in zip(plain, _results(index, rows[keep], scores[keep], keep.sum(axis=1))):
+            results[i] = result
     for i in range(len(vectors)):
         if results[i] is not None:
             continue
-        allowed = index.allowed_rows(*filters[i]) if filters[i] is not None else None
         if popular[i]:
-            rows = index.popular_rows if allowed is None else index.popular_rows[allowed[index.popular_rows]]
+            rows = index.popular_rows if filters[i] is None else index.popular_allowed(*filters[i])
             rows = rows[: k + len(excluded[i])]
-            results[i] = _result(index, rows, index.items.popularity[rows], excluded[i], k)
+            scores = index.items.popularity[rows]
         else:
-            rows, scores = index.search_filtered(vectors[i], k, excluded[i], allowed, exact=exact)
-            results[i] = _result(index, rows, scores, excluded[i], k)
+            rows, scores = index.search_filtered(vectors[i], k, excluded[i], index.allowed_rows(*filters[i]),
+                                                 exact=exact)
+        keep = _first_k_kept(rows[None, :], [excluded[i]], k, len(index))[0]
+        [results[i]] = _results(index, rows[keep], scores[keep], [int(keep.sum())])
     return results  # type: ignore[return-value]
 
 
-def _result(index: ItemIndex, rows: np.ndarray, scores: np.ndarray, excluded: np.ndarray, k: int):
-    if excluded.size:
-        keep = ~np.isin(rows, excluded)
-        rows, scores = rows[keep], scores[keep]
-    rows, scores = rows[:k], scores[:k]
+def _first_k_kept(rows: np.ndarray, excluded: list[np.ndarray], k: int, n: int) -> np.ndarray:
+    """bool [q, m]: the first k entries of each row of ``rows`` [q, m] (rows of an index of ``n`` items)
+    that its query does not exclude.
+
+    One sorted array of (query, row) keys and one binary search for the whole
+    batch, instead of a set operation per query.
+    """
+    keep = np.ones(rows.shape, dtype=bool)
+    sizes = [e.size for e in excluded]
+    if any(sizes):
+        offsets = np.arange(len(rows), dtype=np.int64) * n
+        banned = np.sort(np.concatenate(excluded).astype(np.int64) + np.repeat(offsets, sizes))
+        keys = rows + offsets[:, None]
+        at = np.minimum(np.searchsorted(banned, keys), len(banned) - 1)
+        keep = banned[at] != keys
+    return keep & (np.cumsum(keep, axis=1) <= k)
+
+
+def _results(index: ItemIndex, rows: np.ndarray, scores: np.ndarray, counts) -> list[index_service_pb2.SearchResult]:
+    """SearchResults from the kept rows of several queries, concatenated in order (``counts`` per query).
+
+    The ids, titles and scores are gathered for the whole batch at once.
+    """
     items = index.items
-    return index_service_pb2.SearchResult(
-        item_ids=items.ids[rows].tolist(), scores=scores.tolist(), titles=items.titles[rows].tolist()
-    )
+    ids, titles, values = items.ids[rows].tolist(), items.titles[rows].tolist(), scores.tolist()
+    out = []
+    end = 0
+    for count in np.asarray(counts).tolist():
+        start, end = end, end + count
+        out.append(index_service_pb2.SearchResult(item_ids=ids[start:end], scores=values[start:end],
+                                                  titles=titles[start:end]))
+    return out

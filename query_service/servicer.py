@@ -85,27 +85,29 @@ class QueryServicer(ModelAdminMixin, query_service_pb2_grpc.QueryServiceServicer
             # New users described by the request: one call of the features signature.
             rows = np.flatnonzero(from_features)
             loop = asyncio.get_running_loop()
-            embedded, informative = await loop.run_in_executor(
+            by_features, informative = await loop.run_in_executor(
                 self._tf_thread, tower.embed_features, [features[i] for i in rows]
             )
-            vectors[rows] = embedded
+            vectors[rows] = by_features
             from_features[rows[~informative]] = False  # nothing usable: the fallback path below
-        if not (known | from_features).all():
+        embedded = known | from_features
+        if not embedded.all() and not request.skip_unknown_users:
             # Users outside the precomputed table go through the SavedModel, batched
             # with other callers' unknown users.
-            missing = np.flatnonzero(~(known | from_features))
+            missing = np.flatnonzero(~embedded)
             vectors[missing] = await self.batcher.submit([(tower, user_ids[i]) for i in missing])
+            embedded[:] = True
         users = tower.users
         return query_service_pb2.EmbedUsersResponse(
             embeddings=[
                 query_service_pb2.UserEmbedding(
                     user_id=uid,
-                    values=vec,
+                    values=vec if has_vector else (),
                     known=bool(is_known),
                     seen_item_ids=users.seen_item_ids(uid) if request.include_seen and is_known else (),
                     from_features=bool(by_features),
                 )
-                for uid, vec, is_known, by_features in zip(user_ids, vectors, known, from_features)
+                for uid, vec, is_known, by_features, has_vector in zip(user_ids, vectors, known, from_features, embedded)
             ],
             model_version=str(version),
             dimension=tower.dim,

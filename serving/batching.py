@@ -2,9 +2,11 @@
 
 A backend call has a fixed cost (a TensorFlow call, a gRPC round trip) that
 dwarfs the per-item cost, so concurrent requests are gathered and sent as one
-batch. Nothing waits when the system is idle: a worker takes whatever is
-queued the moment it is free, so at concurrency 1 a request is dispatched at
-once; batches form only while earlier ones are in flight. ``max_wait_us``
+batch. Nothing waits when the system is idle: a caller that finds no batch in
+flight and nothing queued runs its own batch in its own task (no hand-off to
+a worker and back, ~40 us a request here), and a worker takes whatever is
+queued the moment a slot is free; batches form only while earlier ones are in
+flight. ``max_wait_us``
 optionally lets a worker that already holds more than one request wait a little
 longer for a fuller batch.
 """
@@ -49,6 +51,8 @@ class MicroBatcher(Generic[T, R]):
         self._stage = stage
         self._queue: asyncio.Queue[tuple[list[T], asyncio.Future[list[R]]]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
+        # Batches in flight, whether run by a worker or directly by an idle caller.
+        self._slots = asyncio.Semaphore(concurrency)
 
     def start(self) -> None:
         if not self._workers:
@@ -61,32 +65,48 @@ class MicroBatcher(Generic[T, R]):
         self._workers = []
 
     async def submit(self, items: list[T]) -> list[R]:
+        if self._queue.empty() and not self._slots.locked():
+            async with self._slots:
+                return await self._run_alone(items)
         self.start()
         future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((items, future))
         return await future
 
+    async def _run_alone(self, items: list[T]) -> list[R]:
+        metrics.BATCH_SIZE.labels(self._stage).observe(len(items))
+        results = list(await self._run_batch(items))
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            raise failure
+        return results
+
     async def _work(self) -> None:
         while True:
             pending = [await self._queue.get()]
-            size = len(pending[0][0])
-            deadline = time.perf_counter() + self._max_wait_s
-            while size < self._max_batch:
-                if not self._queue.empty():
-                    nxt = self._queue.get_nowait()
-                elif len(pending) > 1 and self._max_wait_s > 0 and time.perf_counter() < deadline:
-                    try:
-                        nxt = await asyncio.wait_for(self._queue.get(), deadline - time.perf_counter())
-                    except TimeoutError:
-                        break
-                else:
+            async with self._slots:
+                await self._gather_and_dispatch(pending)
+
+    async def _gather_and_dispatch(self, pending: list[tuple[list[T], asyncio.Future[list[R]]]]) -> None:
+        """Adds whatever is queued (up to max_batch) to ``pending`` and runs it; holds a slot."""
+        size = len(pending[0][0])
+        deadline = time.perf_counter() + self._max_wait_s
+        while size < self._max_batch:
+            if not self._queue.empty():
+                nxt = self._queue.get_nowait()
+            elif len(pending) > 1 and self._max_wait_s > 0 and time.perf_counter() < deadline:
+                try:
+                    nxt = await asyncio.wait_for(self._queue.get(), deadline - time.perf_counter())
+                except TimeoutError:
                     break
-                if size + len(nxt[0]) > self._max_batch:
-                    await self._dispatch(pending)
-                    pending, size = [], 0
-                pending.append(nxt)
-                size += len(nxt[0])
-            await self._dispatch(pending)
+            else:
+                break
+            if size + len(nxt[0]) > self._max_batch:
+                await self._dispatch(pending)
+                pending, size = [], 0
+            pending.append(nxt)
+            size += len(nxt[0])
+        await self._dispatch(pending)
 
     async def _dispatch(self, pending: list[tuple[list[T], asyncio.Future[list[R]]]]) -> None:
         # Callers whose RPC was cancelled (deadline, disconnect) are dropped here.

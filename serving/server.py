@@ -27,9 +27,9 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+def channel_options(max_message_bytes: int, max_send_message_bytes: int | None = None) -> list[tuple[str, int]]:
     return [
-        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_send_message_bytes or max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
 
@@ -42,12 +42,14 @@ class GrpcServer:
     overall status ("").
     """
 
-    def __init__(self, args: argparse.Namespace, service_names: Sequence[str]):
+    def __init__(self, args: argparse.Namespace, service_names: Sequence[str], *,
+                 max_send_message_bytes: int | None = None):
+        """``max_send_message_bytes`` raises the limit on answers above --max-message-bytes."""
         self.args = args
         self.service_names = list(service_names)
         self.server = grpc.aio.server(
             options=[
-                *channel_options(args.max_message_bytes),
+                *channel_options(args.max_message_bytes, max_send_message_bytes),
                 ("grpc.so_reuseport", 0),
                 # Accept the gateway's keepalive pings on idle channels (every 10 s).
                 ("grpc.keepalive_permit_without_calls", 1),

@@ -43,7 +43,11 @@ class SyntheticConfig:
     clusters: int = 1000
     cluster_spread: float = CLUSTER_SPREAD
     norm_sigma: float = NORM_SIGMA
-    max_seen: int = 50
+    # Training interactions per user: log-normal around MovieLens 100k's median
+    # (65 ratings a user, from 20 to 737), clipped to 1..max_seen.
+    median_seen: int = 65
+    seen_sigma: float = 0.9
+    max_seen: int = 1000
     seed: int = 0
 
 
@@ -86,6 +90,25 @@ def queries_like(table: np.ndarray, count: int, seed: int = 1) -> np.ndarray:
     noise = rng.normal(scale=0.3 / np.sqrt(table.shape[1]), size=(count, table.shape[1]))
     q = picks[:, 0] + 0.33 * picks[:, 1] + noise
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def seen_lists(rng: np.random.Generator, config: SyntheticConfig, popularity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's training interactions as CSR (int64 indptr [users + 1], int32 item rows).
+
+    Users watch in proportion to item popularity (a few hits in most lists, a
+    long tail in few), and list lengths are log-normal, as in MovieLens 100k:
+    what a realistic ``exclude_seen`` has to leave out. Drawn with replacement
+    and de-duplicated, so a list may come out a little shorter than drawn.
+    """
+    counts = np.rint(rng.lognormal(np.log(config.median_seen), config.seen_sigma, size=config.users))
+    counts = np.clip(counts, 1, min(config.max_seen, config.items)).astype(np.int64)
+    cumulative = np.cumsum(popularity, dtype=np.float64)
+    draws = np.searchsorted(cumulative, rng.random(int(counts.sum())) * cumulative[-1])
+    draws = np.minimum(draws, config.items - 1)
+    owner = np.repeat(np.arange(config.users, dtype=np.int64), counts)
+    unique = np.unique(owner * config.items + draws)  # sorted by user, then item; duplicates gone
+    indptr = np.searchsorted(unique // config.items, np.arange(config.users + 1)).astype(np.int64)
+    return indptr, (unique % config.items).astype(np.int32)
 
 
 def _decimal_ids(first: int, last: int) -> np.ndarray:
@@ -139,10 +162,7 @@ def write_synthetic_bundle(model_base: Path, config: SyntheticConfig) -> Path:
     genre_bits = rng.integers(0, len(GENRES), size=(config.items, 2))
     genres = ((1 << genre_bits[:, 0]) | (1 << genre_bits[:, 1])).astype(np.uint32)
 
-    seen_counts = rng.integers(1, min(config.max_seen, config.items) + 1, size=config.users)
-    seen_lists = [np.sort(rng.choice(config.items, size=c, replace=False)) for c in seen_counts]
-    seen_indptr = np.concatenate([[0], np.cumsum(seen_counts)]).astype(np.int64)
-    seen_items = np.concatenate(seen_lists).astype(np.int32)
+    seen_indptr, seen_items = seen_lists(rng, config, popularity)
 
     with BundleStaging(model_base) as staging:
         _save_lookup_tower(staging.path / USER_TOWER, user_ids, user_vectors)

@@ -43,18 +43,20 @@ class GenreFilter(_message.Message):
     def __init__(self, include_genres: _Optional[_Iterable[str]] = ..., exclude_genres: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelVersionStatus(_message.Message):
-    __slots__ = ("version", "state", "error", "size", "is_default")
+    __slots__ = ("version", "state", "error", "size", "is_default", "genres")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    GENRES_FIELD_NUMBER: _ClassVar[int]
     version: str
     state: ModelVersionState
     error: str
     size: int
     is_default: bool
-    def __init__(self, version: _Optional[str] = ..., state: _Optional[_Union[ModelVersionState, str]] = ..., error: _Optional[str] = ..., size: _Optional[int] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    genres: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., state: _Optional[_Union[ModelVersionState, str]] = ..., error: _Optional[str] = ..., size: _Optional[int] = ..., is_default: _Optional[bool] = ..., genres: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ServiceModelStatus(_message.Message):
     __slots__ = ("service", "address", "versions", "shard_index", "num_shards", "error")

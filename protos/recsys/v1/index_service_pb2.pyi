@@ -8,16 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Query(_message.Message):
-    __slots__ = ("vector", "exclude_item_ids", "most_popular", "genre_filter")
+    __slots__ = ("vector", "exclude_item_ids", "most_popular", "genre_filter", "user_id", "exclude_seen")
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     MOST_POPULAR_FIELD_NUMBER: _ClassVar[int]
     GENRE_FILTER_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
     vector: _containers.RepeatedScalarFieldContainer[float]
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     most_popular: bool
     genre_filter: _common_pb2.GenreFilter
-    def __init__(self, vector: _Optional[_Iterable[float]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., most_popular: _Optional[bool] = ..., genre_filter: _Optional[_Union[_common_pb2.GenreFilter, _Mapping]] = ...) -> None: ...
+    user_id: str
+    exclude_seen: bool
+    def __init__(self, vector: _Optional[_Iterable[float]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., most_popular: _Optional[bool] = ..., genre_filter: _Optional[_Union[_common_pb2.GenreFilter, _Mapping]] = ..., user_id: _Optional[str] = ..., exclude_seen: _Optional[bool] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
     __slots__ = ("queries", "k", "model_version", "exact")

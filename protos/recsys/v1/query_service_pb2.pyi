@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EmbedUsersRequest(_message.Message):
-    __slots__ = ("user_ids", "model_version", "include_seen", "user_features")
+    __slots__ = ("user_ids", "model_version", "include_seen", "user_features", "skip_unknown_users")
     USER_IDS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
     USER_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    SKIP_UNKNOWN_USERS_FIELD_NUMBER: _ClassVar[int]
     user_ids: _containers.RepeatedScalarFieldContainer[str]
     model_version: str
     include_seen: bool
     user_features: _containers.RepeatedCompositeFieldContainer[_common_pb2.UserFeatures]
-    def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., model_version: _Optional[str] = ..., include_seen: _Optional[bool] = ..., user_features: _Optional[_Iterable[_Union[_common_pb2.UserFeatures, _Mapping]]] = ...) -> None: ...
+    skip_unknown_users: bool
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., model_version: _Optional[str] = ..., include_seen: _Optional[bool] = ..., user_features: _Optional[_Iterable[_Union[_common_pb2.UserFeatures, _Mapping]]] = ..., skip_unknown_users: _Optional[bool] = ...) -> None: ...
 
 class UserEmbedding(_message.Message):
     __slots__ = ("user_id", "values", "known", "seen_item_ids", "from_features")
