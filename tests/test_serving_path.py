@@ -34,7 +34,7 @@ class FakeQuery:
     def __init__(self):
         self.calls: list[qpb.EmbedUsersRequest] = []
 
-    async def EmbedUsers(self, request, timeout=None, metadata=None):
+    async def EmbedUsers(self, request, timeout=None, metadata=None, wait_for_ready=None):
         self.calls.append(request)
         await asyncio.sleep(0)  # a real call suspends: other callers queue meanwhile
         return qpb.EmbedUsersResponse(
@@ -50,7 +50,7 @@ class FakeIndex:
     def __init__(self):
         self.calls: list[ipb.SearchRequest] = []
 
-    async def Search(self, request, timeout=None, metadata=None):
+    async def Search(self, request, timeout=None, metadata=None, wait_for_ready=None):
         self.calls.append(request)
         await asyncio.sleep(0)
         if any("Nope" in q.genre_filter.include_genres for q in request.queries):
@@ -64,10 +64,24 @@ class FakeIndex:
         ])
 
 
+class ReadyTier:
+    """A tier that is always ready, for a Recommender whose stubs are replaced by fakes."""
+
+    ready = True
+
+    def __init__(self, name: str):
+        self.name, self.target = name, f"fake:{name}"
+        self.channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never used: the stubs are replaced
+
+    async def wait_ready(self, timeout: float) -> None:
+        return None
+
+
 def fake_recommender(max_message_bytes: int = 8 * 1024 * 1024):
     query, index = FakeQuery(), FakeIndex()
-    recommender = Recommender(query, [index], max_batch=1000, batch_wait_us=0, concurrency=1, default_timeout_s=5,
-                              max_message_bytes=max_message_bytes)
+    recommender = Recommender(ReadyTier("query service"), [ReadyTier("index shard 0")], max_batch=1000,
+                              batch_wait_us=0, concurrency=1, default_timeout_s=5, max_message_bytes=max_message_bytes)
+    recommender.query, recommender.index_shards = query, [index]
     return recommender, query, index
 
 
