@@ -12,9 +12,10 @@ import os
 import sys
 
 import grpc
+from google.rpc import error_details_pb2
 
 from recsys.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from serving import tls
+from serving import errors, tls
 from serving.healthcheck import add_tls_client_flags, check, client_credentials
 
 SERVICES = ("", "recsys.v1.Gateway")
@@ -74,6 +75,18 @@ def cmd_health(_stub, args) -> str:
     return table(["service", "status"], rows)
 
 
+def describe_error(exc: grpc.RpcError) -> str:
+    """The status line, then each bad field (BadRequest) or where it failed (ErrorInfo)."""
+    lines = [f"error: {exc.code().name}: {exc.details()}"]
+    for detail in errors.details_of(exc):
+        if isinstance(detail, error_details_pb2.BadRequest):
+            lines += [f"  {v.field}: {v.description}" for v in detail.field_violations]
+        else:
+            where = ", ".join(f"{k}={v}" for k, v in sorted(detail.metadata.items()))
+            lines.append(f"  reason: {detail.reason}" + (f" ({where})" if where else ""))
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gateway.cli", description=__doc__.splitlines()[0])
     parser.add_argument("--address", default=os.environ.get("GATEWAY_ADDRESS", "127.0.0.1:50051"),
@@ -108,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(args.run(gateway_pb2_grpc.GatewayStub(channel), args))
         except grpc.RpcError as exc:
-            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            print(describe_error(exc), file=sys.stderr)
             return 1
     return 0
 

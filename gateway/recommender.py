@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import grpc
 
 from recsys.v1 import common_pb2, index_service_pb2, index_service_pb2_grpc, query_service_pb2, query_service_pb2_grpc
-from serving import request_id
+from serving import errors, request_id
 from serving.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,18 @@ class RecResult:
 
 
 class PeerError(Exception):
-    """A peer failed; carries the status code to return to our caller."""
+    """A peer failed; carries the status code to return to our caller and where it failed.
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    ``tier`` ("query" or "index") and ``shard`` say which peer; ``reason`` overrides
+    the ErrorInfo reason the gateway derives from the code; ``field`` is the
+    request field a peer's INVALID_ARGUMENT names (e.g. ``genre_filter.include_genres[0]``).
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, tier: str = "", shard: int | None = None,
+                 reason: str = "", field: str = ""):
         super().__init__(message)
         self.code = code
+        self.tier, self.shard, self.reason, self.field = tier, shard, reason, field
 
 
 class Recommender:
@@ -128,7 +135,8 @@ class Recommender:
         except PeerError as exc:
             if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
                 raise
-            raise PeerError(grpc.StatusCode.UNAVAILABLE, f"model versions are changing on the tiers; retry ({exc})")
+            raise PeerError(grpc.StatusCode.UNAVAILABLE, f"model versions are changing on the tiers; retry ({exc})",
+                            tier=exc.tier, shard=exc.shard, reason="MODEL_VERSIONS_CHANGING")
 
     def _timeout(self, batch: list[RecRequest]) -> float:
         deadlines = [r.deadline for r in batch if r.deadline is not None]
@@ -206,6 +214,7 @@ class Recommender:
                 grpc.StatusCode.UNAVAILABLE,
                 f"no model version is loaded on both tiers (query holds {sorted(held[0])}, index holds "
                 f"{[sorted(h) for h in held[1:]]}); wait for the roll-out to finish",
+                reason="NO_COMMON_MODEL_VERSION",
             )
         return str(max(common))
 
@@ -234,7 +243,8 @@ class Recommender:
             )
         except PeerError as exc:
             if exc.code == grpc.StatusCode.FAILED_PRECONDITION:
-                raise PeerError(grpc.StatusCode.UNAVAILABLE, f"index shards are switching model versions; retry ({exc})")
+                raise PeerError(grpc.StatusCode.UNAVAILABLE, f"index shards are switching model versions; retry ({exc})",
+                                tier=exc.tier, shard=exc.shard, reason="MODEL_VERSIONS_CHANGING")
             raise
         return RecResult(_merge_top_k([r.results[0] for r in responses], k), version, fallback=False)
 
@@ -294,9 +304,31 @@ async def _call(peer: str, method, request, timeout: float):
         return await method(request, timeout=timeout, metadata=request_id.outgoing_metadata())
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
+        where = _where(peer)
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise PeerError(code, f"{peer}: {exc.details()}", field=_request_field(exc), **where) from exc
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.INVALID_ARGUMENT):
-            raise PeerError(code, f"{peer}: {exc.details()}") from exc
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED):
+            raise PeerError(code, f"{peer}: {exc.details()}", **where) from exc
         # Anything else is a fault of that peer, not of the caller: report the peer
         # as unavailable (retryable) rather than passing INTERNAL/UNKNOWN through.
-        raise PeerError(grpc.StatusCode.UNAVAILABLE, f"{peer} failed with {code.name}: {exc.details()}") from exc
+        raise PeerError(grpc.StatusCode.UNAVAILABLE, f"{peer} failed with {code.name}: {exc.details()}",
+                        **where) from exc
+
+
+def _where(peer: str) -> dict:
+    """``"index shard 1"`` -> tier "index", shard 1; ``"query service"`` -> tier "query"."""
+    tier, _, shard = peer.partition(" shard ")
+    return {"tier": tier.split()[0], "shard": int(shard) if shard.isdigit() else None}
+
+
+def _request_field(exc: grpc.aio.AioRpcError) -> str:
+    """The bad field a peer's BadRequest names, as a field of the caller's request.
+
+    An index query's ``genre_filter`` is the caller's, so ``queries[3].genre_filter.include_genres[0]``
+    is the caller's ``genre_filter.include_genres[0]``.
+    """
+    for detail in errors.details_of(exc):
+        for violation in getattr(detail, "field_violations", ()):
+            return violation.field.partition(".")[2] if violation.field.startswith("queries[") else violation.field
+    return ""

@@ -8,56 +8,60 @@ import grpc
 
 from gateway.recommender import PeerError, Recommender, RecRequest, RecResult
 from recsys.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from serving import request_id
-from serving.user_features import feature_problem
+from serving import errors, request_id
+from serving.errors import InvalidArgument, Violations
+from serving.user_features import feature_violations
 
 MAX_K = 1000
 DEFAULT_K = 10
 MAX_USER_ID_BYTES = 256
 MAX_EXCLUDED = 10_000
 MAX_GENRE_NAMES = 64
+MAX_GENRE_NAME_CHARS = 64
 # Below this much time left, the inner calls cannot finish: fail now.
 MIN_USEFUL_TIME_S = 0.001
 
 
-class InvalidRequest(ValueError):
-    pass
-
-
 def parse_recommend(request: gateway_pb2.RecommendRequest, deadline: float | None) -> RecRequest:
+    """The request as the Recommender takes it; InvalidArgument naming every bad field."""
+    problems = Violations()
     user_id = request.user_id
     if not user_id:
-        raise InvalidRequest("user_id is required, e.g. \"42\"")
-    if len(user_id.encode()) > MAX_USER_ID_BYTES:
-        raise InvalidRequest(f"user_id is {len(user_id.encode())} bytes; at most {MAX_USER_ID_BYTES}")
+        problems.add("user_id", 'user_id is required, e.g. "42"')
+    elif len(user_id.encode()) > MAX_USER_ID_BYTES:
+        problems.add("user_id", f"user_id is {len(user_id.encode())} bytes; at most {MAX_USER_ID_BYTES}")
     features = None
     if request.HasField("user_features") and request.user_features.ByteSize():
         features = request.user_features
-        if (problem := feature_problem(features)) is not None:
-            raise InvalidRequest(f"user_features: {problem}")
+        problems.extend(feature_violations(features))
+    k = _collect(problems, parse_k, request.k)
+    excluded = _collect(problems, parse_excluded, request.exclude_item_ids)
+    genre_filter = _collect(problems, parse_genre_filter, request)
+    problems.raise_if_any()
     return RecRequest(
-        user_id,
-        parse_k(request.k),
-        request.exclude_seen,
-        parse_excluded(request.exclude_item_ids),
-        deadline,
-        parse_genre_filter(request),
-        request_id.current.get(),
-        features,
+        user_id, k, request.exclude_seen, excluded, deadline, genre_filter, request_id.current.get(), features
     )
+
+
+def _collect(problems: Violations, parse, *args):
+    try:
+        return parse(*args)
+    except InvalidArgument as exc:
+        problems.extend(exc.violations)
+        return None
 
 
 def parse_k(k: int) -> int:
     if k == 0:
         return DEFAULT_K
     if not 1 <= k <= MAX_K:
-        raise InvalidRequest(f"k must be 1..{MAX_K} (0 means {DEFAULT_K}); got {k}")
+        raise InvalidArgument.of("k", f"k must be 1..{MAX_K} (0 means {DEFAULT_K}); got {k}")
     return k
 
 
 def parse_excluded(ids) -> tuple[str, ...]:
     if len(ids) > MAX_EXCLUDED:
-        raise InvalidRequest(f"exclude_item_ids has {len(ids)} ids; at most {MAX_EXCLUDED}")
+        raise InvalidArgument.of("exclude_item_ids", f"exclude_item_ids has {len(ids)} ids; at most {MAX_EXCLUDED}")
     return tuple(dict.fromkeys(ids))
 
 
@@ -66,11 +70,21 @@ def parse_genre_filter(request) -> common_pb2.GenreFilter | None:
     if not request.HasField("genre_filter"):
         return None
     f = request.genre_filter
-    names = [*f.include_genres, *f.exclude_genres]
-    if not names:
+    if not f.include_genres and not f.exclude_genres:
         return None
-    if len(names) > MAX_GENRE_NAMES or any(not n or len(n) > 64 for n in names):
-        raise InvalidRequest(f"genre_filter takes at most {MAX_GENRE_NAMES} non-empty genre names of up to 64 chars")
+    problems = Violations()
+    for list_name in ("include_genres", "exclude_genres"):
+        names = getattr(f, list_name)
+        if len(names) > MAX_GENRE_NAMES:
+            problems.add(f"genre_filter.{list_name}", f"{list_name} has {len(names)} names; at most {MAX_GENRE_NAMES}")
+            continue
+        for i, name in enumerate(names):
+            if not name or len(name) > MAX_GENRE_NAME_CHARS:
+                problems.add(
+                    f"genre_filter.{list_name}[{i}]",
+                    f"{list_name}[{i}] must be a genre name of 1..{MAX_GENRE_NAME_CHARS} characters, e.g. \"Comedy\"",
+                )
+    problems.raise_if_any()
     return f
 
 
@@ -94,49 +108,55 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         deadline = await _deadline(context)
         try:
             parsed = parse_recommend(request, deadline)
-        except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except InvalidArgument as exc:
+            await errors.abort_invalid(context, exc)
         try:
             [result] = await self.recommender.recommend([parsed])
         except PeerError as exc:
-            await context.abort(exc.code, str(exc))
+            await errors.abort(context, peer_status(exc))
         return to_response(result)
 
     async def RecommendBatch(self, request, context):
         deadline = await _deadline(context)
         n = len(request.requests)
         if not 1 <= n <= self.max_batch_request:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"requests holds {n} entries; send 1..{self.max_batch_request} (split larger jobs)",
+            await errors.abort_invalid_field(
+                context, "requests", f"requests holds {n} entries; send 1..{self.max_batch_request} (split larger jobs)"
             )
         parsed = []
+        problems = Violations()
         for i, r in enumerate(request.requests):
             try:
                 parsed.append(parse_recommend(r, deadline))
-            except InvalidRequest as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"requests[{i}]: {exc}")
+            except InvalidArgument as exc:
+                problems.extend(exc.under(f"requests[{i}]").violations)
+        try:
+            problems.raise_if_any()
+        except InvalidArgument as exc:
+            await errors.abort_invalid(context, exc)
         try:
             results = await self.recommender.recommend(parsed)
         except PeerError as exc:
-            await context.abort(exc.code, str(exc))
+            await errors.abort(context, peer_status(exc))
         return gateway_pb2.RecommendBatchResponse(responses=[to_response(r) for r in results])
 
     async def SimilarItems(self, request, context):
         deadline = await _deadline(context)
+        problems = Violations()
+        if not request.item_id:
+            problems.add("item_id", 'item_id is required, e.g. "50"')
+        k = _collect(problems, parse_k, request.k)
+        excluded = _collect(problems, parse_excluded, request.exclude_item_ids)
+        genre_filter = _collect(problems, parse_genre_filter, request)
         try:
-            if not request.item_id:
-                raise InvalidRequest('item_id is required, e.g. "50"')
-            k = parse_k(request.k)
-            excluded = parse_excluded(request.exclude_item_ids)
-            genre_filter = parse_genre_filter(request)
-        except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            problems.raise_if_any()
+        except InvalidArgument as exc:
+            await errors.abort_invalid(context, exc)
         timeout = self.recommender.default_timeout_s if deadline is None else deadline - time.monotonic()
         try:
             result = await self.recommender.similar_items(request.item_id, k, excluded, genre_filter, timeout)
         except PeerError as exc:
-            await context.abort(exc.code, str(exc))
+            await errors.abort(context, peer_status(exc))
         return gateway_pb2.SimilarItemsResponse(
             items=[gateway_pb2.ScoredItem(item_id=i, title=t, score=s) for i, t, s in result.items],
             model_version=result.model_version,
@@ -149,10 +169,35 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         )
 
 
+# ErrorInfo.reason of a tier's failure, by the status code the gateway returns.
+PEER_REASONS = {
+    grpc.StatusCode.UNAVAILABLE: "TIER_UNAVAILABLE",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "TIER_DEADLINE_EXCEEDED",
+    grpc.StatusCode.FAILED_PRECONDITION: "MODEL_VERSION_UNAVAILABLE",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "TIER_OVERLOADED",
+}
+
+
+def peer_status(exc: PeerError) -> grpc.Status:
+    """A failure behind the gateway as the caller sees it: the message, plus where it happened."""
+    if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+        # A tier refused part of the request (e.g. an unknown genre name).
+        return errors.bad_request(InvalidArgument.of(exc.field, str(exc)))
+    reason = exc.reason or PEER_REASONS.get(exc.code)
+    if reason is None:  # e.g. NOT_FOUND: the message says it all
+        return errors.plain(exc.code, str(exc))
+    metadata = {"tier": exc.tier} if exc.tier else {}
+    if exc.shard is not None:
+        metadata["shard"] = str(exc.shard)
+    return errors.error_info(exc.code, str(exc), reason, metadata)
+
+
 async def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     if remaining is None:
         return None
     if remaining < MIN_USEFUL_TIME_S:
-        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline expired before it was served")
+        await errors.abort(context, errors.error_info(
+            grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline expired before it was served", "DEADLINE_EXPIRED"
+        ))
     return time.monotonic() + remaining

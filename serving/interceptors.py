@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf.message import DecodeError
 
-from serving import metrics, request_id
+from serving import errors, metrics, request_id
 
 EXEMPT_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
@@ -62,10 +62,11 @@ class CallWrapper:
                 self.in_flight += 1
             try:
                 if not admitted:
-                    await context.abort(
+                    await errors.abort(context, errors.error_info(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"server busy: {self.max_in_flight} requests in flight; retry with backoff",
-                    )
+                        "SERVER_BUSY",
+                    ))
                 try:
                     request = decode(raw) if decode else raw
                 except (DecodeError, ValueError, TypeError) as exc:
