@@ -55,7 +55,7 @@ def cmd_similar(stub, args) -> str:
 
 
 def cmd_status(stub, args) -> str:
-    response = stub.GetModelStatus(common_pb2.GetModelStatusRequest(), timeout=args.timeout)
+    response = stub.GetModelStatus(gateway_pb2.GetModelStatusRequest(), timeout=args.timeout)
     rows = []
     for service in response.services:
         where = service.service + (f" [{service.address}]" if service.address else "")

@@ -202,7 +202,7 @@ class Recommender:
 
     async def _common_version(self, timeout: float) -> str:
         """The newest version loaded on the query tier and on every index shard."""
-        request = common_pb2.GetModelStatusRequest()
+        request = common_pb2.BackendModelStatusRequest()
         statuses = await asyncio.gather(
             _call("query service", self.query.GetModelStatus, request, timeout),
             *(_call(f"index shard {i}", s.GetModelStatus, request, timeout) for i, s in enumerate(self.index_shards)),
@@ -252,7 +252,7 @@ class Recommender:
 
     async def peer_status(self, timeout: float) -> list[common_pb2.ServiceModelStatus]:
         """Each peer's own status, tagged with the target the gateway reaches it at."""
-        request = common_pb2.GetModelStatusRequest()
+        request = common_pb2.BackendModelStatusRequest()
         peers = [("recsys.v1.QueryService", self.query_target, self.query)] + [
             ("recsys.v1.IndexService", target, stub) for target, stub in zip(self.index_targets, self.index_shards)
         ]
@@ -279,7 +279,7 @@ class _Embedded:
         return self.response.model_version
 
 
-def _available(status: common_pb2.GetModelStatusResponse) -> set[int]:
+def _available(status: common_pb2.BackendModelStatusResponse) -> set[int]:
     return {
         int(v.version)
         for s in status.services

@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.flag("--batch-wait-us", 0, int, "extra wait for a fuller batch when requests are queueing")
     parser.flag("--batch-concurrency", 1, int, "batches in flight at once (fewer: larger batches, less CPU)")
     parser.flag("--max-batch-request", 1000, int, "most requests in one RecommendBatch call")
+    parser.flag("--expose-peer-addresses", False, bool,
+                "admin: GetModelStatus tells every client the peers' internal addresses")
     parser.flag("--default-timeout", 5.0, float, "seconds allowed for the inner calls when the caller sets no deadline")
     args = parser.parse_args(argv)
     if not any(target.strip() for target in args.index_targets.split(";")):
@@ -58,7 +60,8 @@ async def serve(args: argparse.Namespace) -> None:
         query_target=args.query_target,
         index_targets=index_targets,
     )
-    servicer = GatewayServicer(recommender, max_batch_request=args.max_batch_request)
+    servicer = GatewayServicer(recommender, max_batch_request=args.max_batch_request,
+                               expose_peer_addresses=args.expose_peer_addresses)
     server = GrpcServer(args, [servicer.service_name])
     gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server.registrar)
     await server.start()

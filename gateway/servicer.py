@@ -99,10 +99,14 @@ def to_response(result: RecResult) -> gateway_pb2.RecommendResponse:
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     service_name = "recsys.v1.Gateway"
 
-    def __init__(self, recommender: Recommender, *, max_batch_request: int = 1000, status_timeout_s: float = 2.0):
+    def __init__(
+        self, recommender: Recommender, *, max_batch_request: int = 1000, status_timeout_s: float = 2.0,
+        expose_peer_addresses: bool = False,
+    ):
         self.recommender = recommender
         self.max_batch_request = max_batch_request
         self.status_timeout_s = status_timeout_s
+        self.expose_peer_addresses = expose_peer_addresses
 
     async def Recommend(self, request, context):
         deadline = await _deadline(context)
@@ -164,7 +168,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     async def GetModelStatus(self, request, context):
         peers = await self.recommender.peer_status(self.status_timeout_s)
-        return common_pb2.GetModelStatusResponse(
+        if not self.expose_peer_addresses:
+            # The internal topology is the operator's business, not any client's.
+            for peer in peers:
+                peer.ClearField("address")
+        return gateway_pb2.GetModelStatusResponse(
             services=[common_pb2.ServiceModelStatus(service=self.service_name), *peers]
         )
 
