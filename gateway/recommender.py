@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import grpc
 
 from recsys.v1 import common_pb2, index_service_pb2, index_service_pb2_grpc, query_service_pb2, query_service_pb2_grpc
-from serving import errors, request_id
+from serving import errors, request_id, tracing
 from serving.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
@@ -301,6 +301,10 @@ def _merge_top_k(results: Sequence[index_service_pb2.SearchResult], k: int) -> l
 
 async def _call(peer: str, method, request, timeout: float):
     try:
+        if tracing.enabled:
+            with tracing.client_span(peer, _method_name(method, request), **_span_attributes(peer)) as trace_metadata:
+                return await method(request, timeout=timeout,
+                                    metadata=(*request_id.outgoing_metadata(), *trace_metadata))
         return await method(request, timeout=timeout, metadata=request_id.outgoing_metadata())
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
@@ -320,6 +324,17 @@ def _where(peer: str) -> dict:
     """``"index shard 1"`` -> tier "index", shard 1; ``"query service"`` -> tier "query"."""
     tier, _, shard = peer.partition(" shard ")
     return {"tier": tier.split()[0], "shard": int(shard) if shard.isdigit() else None}
+
+
+def _method_name(method, request) -> str:
+    """``/recsys.v1.IndexService/Search`` for a stub's method (its path), else the request's type."""
+    path = getattr(method, "_method", None)
+    return path.decode() if isinstance(path, bytes) else type(request).__name__
+
+
+def _span_attributes(peer: str) -> dict:
+    where = _where(peer)
+    return {"recsys.tier": where["tier"], **({"recsys.shard": where["shard"]} if where["shard"] is not None else {})}
 
 
 def _request_field(exc: grpc.aio.AioRpcError) -> str:

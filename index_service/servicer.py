@@ -7,7 +7,7 @@ import numpy as np
 
 from index_service.index import ItemIndex
 from recsys.v1 import index_service_pb2, index_service_pb2_grpc
-from serving import errors
+from serving import errors, tracing
 from serving.admin import ModelAdminMixin
 from serving.lifecycle import ModelManager, VersionUnavailable, parse_version
 
@@ -49,7 +49,8 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
             k, vectors, popular, excluded, filters = self._parse(request, index)
         except InvalidRequest as exc:
             await errors.abort_invalid_field(context, exc.field, str(exc))
-        results = search(index, k, vectors, popular, excluded, filters, exact=request.exact)
+        with tracing.span("ScaNN search", **{"recsys.queries": len(vectors), "recsys.k": k, "recsys.exact": request.exact}):
+            results = search(index, k, vectors, popular, excluded, filters, exact=request.exact)
         return index_service_pb2.SearchResponse(
             results=results,
             model_version=str(version),
