@@ -10,7 +10,7 @@ Off by default. The standard OpenTelemetry environment turns it on and configure
   default keeps every trace);
 - ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``: who the spans come from
   (the service's own name when unset);
-- ``OTEL_SDK_DISABLED=true``: off, whatever else is set.
+- ``OTEL_TRACES_EXPORTER=none`` or ``OTEL_SDK_DISABLED=true``: off, whatever else is set.
 
 ``RECSYS_TRACES_FILE=PATH`` (not an OpenTelemetry variable) also turns tracing on and
 appends every finished span to PATH as one JSON object per line: how the tests read
@@ -51,13 +51,13 @@ def wanted(environ=os.environ) -> bool:
     """Whether the environment asks for tracing."""
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
+    if environ.get(TRACES_FILE_ENV):
+        return True
     exporters = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    return bool(
-        environ.get(TRACES_FILE_ENV)
-        or (exporters and exporters != "none")
-        or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    )
+    if exporters:
+        # "none" is off even with an endpoint configured (how the compose files default).
+        return exporters != "none"
+    return bool(environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
 def setup(service_name: str, environ=os.environ) -> bool:

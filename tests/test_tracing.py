@@ -26,6 +26,7 @@ def test_off_unless_the_environment_asks():
     assert tracing.wanted({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"})
     assert tracing.wanted({tracing.TRACES_FILE_ENV: "/tmp/spans.jsonl"})
     assert not tracing.wanted({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"})
+    assert not tracing.wanted({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"})
 
 
 def test_default_service_names():
