@@ -31,7 +31,7 @@ tools:
 	command -v promtool >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus)
 
 # Everything except the tests that train models or start servers.
-test-fast: venv
+test-fast: venv tools
 	$(PY) -m pytest -m "not slow"
 
 # Regenerate the Python stubs and the protoset from protos/recsys/v1/*.proto.

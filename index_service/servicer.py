@@ -49,7 +49,10 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
             k, vectors, popular, excluded, filters = self._parse(request, index)
         except InvalidRequest as exc:
             await errors.abort_invalid_field(context, exc.field, str(exc))
-        with tracing.span("ScaNN search", **{"recsys.queries": len(vectors), "recsys.k": k, "recsys.exact": request.exact}):
+        if tracing.enabled:
+            with tracing.span("ScaNN search", **{"recsys.queries": len(vectors), "recsys.k": k, "recsys.exact": request.exact}):
+                results = search(index, k, vectors, popular, excluded, filters, exact=request.exact)
+        else:
             results = search(index, k, vectors, popular, excluded, filters, exact=request.exact)
         return index_service_pb2.SearchResponse(
             results=results,
