@@ -119,31 +119,47 @@ def shutdown() -> None:
 
 
 # ---------------------------------------------------------------- server side
+#
+# Most requests are not sampled (1% is a typical ratio). For them no span is made
+# where one is not needed: a call whose caller did not sample it, a batch none of
+# whose requests is sampled, and a peer call under an unsampled request only pass
+# the caller's context on (so the peers follow the same decision) instead of
+# creating non-recording spans.
 
 
 def server_handler(method: str, inner: Callable[[Any, Any], Awaitable[Any]]):
     """Wraps a unary handler: a SERVER span per call, in the trace the caller's ``traceparent`` names."""
-    from opentelemetry import propagate, trace
+    from opentelemetry import context as otel_context, propagate, trace
     from opentelemetry.trace import SpanKind, Status, StatusCode
 
-    service, _, rpc = method.lstrip("/").partition("/")
+    name = method.lstrip("/")
+    service, _, rpc = name.partition("/")
     attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
     tracer = _tracer
 
     async def traced(request, context):
         carrier = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+        parent = propagate.extract(carrier)
+        caller = trace.get_current_span(parent).get_span_context()
+        if caller.is_valid and not caller.trace_flags.sampled:
+            token = otel_context.attach(parent)
+            try:
+                return await inner(request, context)
+            finally:
+                otel_context.detach(token)
         with tracer.start_as_current_span(
-            method.lstrip("/"), context=propagate.extract(carrier), kind=SpanKind.SERVER, attributes=attributes,
+            name, context=parent, kind=SpanKind.SERVER, attributes=attributes,
             record_exception=False, set_status_on_exception=False,
         ) as span:
             try:
                 return await inner(request, context)
             finally:
-                code = context.code()
-                number = code.value[0] if isinstance(code, grpc.StatusCode) else 0  # unset: OK
-                span.set_attribute("rpc.grpc.status_code", number)
-                if number:
-                    span.set_status(Status(StatusCode.ERROR, code.name))
+                if span.is_recording():
+                    code = context.code()
+                    number = code.value[0] if isinstance(code, grpc.StatusCode) else 0  # unset: OK
+                    span.set_attribute("rpc.grpc.status_code", number)
+                    if number:
+                        span.set_status(Status(StatusCode.ERROR, code.name))
 
     return traced
 
@@ -154,16 +170,22 @@ def server_handler(method: str, inner: Callable[[Any, Any], Awaitable[Any]]):
 @contextlib.contextmanager
 def client_span(peer: str, method: str, **attributes: Any) -> Iterator[tuple[tuple[str, str], ...]]:
     """A CLIENT span for one call to a peer; yields the metadata that carries it (``traceparent``)."""
-    from opentelemetry import propagate
+    from opentelemetry import propagate, trace
     from opentelemetry.trace import SpanKind, Status, StatusCode
 
-    service, _, rpc = method.lstrip("/").partition("/")
+    if not trace.get_current_span().is_recording():
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        yield tuple(carrier.items())
+        return
+    name = method.lstrip("/")
+    service, _, rpc = name.partition("/")
     with _tracer.start_as_current_span(
-        method.lstrip("/"), kind=SpanKind.CLIENT, record_exception=False, set_status_on_exception=False,
+        name, kind=SpanKind.CLIENT, record_exception=False, set_status_on_exception=False,
         attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc, "peer.service": peer,
                     **attributes},
     ) as span:
-        carrier: dict[str, str] = {}
+        carrier = {}
         propagate.inject(carrier)
         try:
             yield tuple(carrier.items())
@@ -186,17 +208,34 @@ def capture():
     return context.get_current()
 
 
+@contextlib.contextmanager
+def _within(ctx):
+    from opentelemetry import context
+
+    token = context.attach(ctx)
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
 def batch_span(stage: str, contexts: Sequence[Any], size: int):
-    """A span for one micro-batch: child of one request it serves (a sampled one if any), linked to all."""
+    """A span for one micro-batch: child of one request it serves (a sampled one if any), linked to all.
+
+    When none of its requests is sampled, no span: the batch runs in the first
+    request's (unsampled) context, which its peer calls pass on.
+    """
     if not enabled or not contexts:
         return contextlib.nullcontext()
     from opentelemetry import trace
 
-    spans = [trace.get_current_span(c).get_span_context() for c in contexts if c is not None]
-    spans = [s for s in spans if s.is_valid]
-    parent = next((c for c, s in zip(contexts, spans) if s.trace_flags.sampled), contexts[0])
+    callers = [(c, trace.get_current_span(c).get_span_context()) for c in contexts if c is not None]
+    callers = [(c, s) for c, s in callers if s.is_valid]
+    sampled = [c for c, s in callers if s.trace_flags.sampled]
+    if not sampled:
+        return _within(callers[0][0]) if callers else contextlib.nullcontext()
     return _tracer.start_as_current_span(
-        f"batch {stage}", context=parent, links=[trace.Link(s) for s in spans],
+        f"batch {stage}", context=sampled[0], links=[trace.Link(s) for _, s in callers],
         attributes={"recsys.batch.stage": stage, "recsys.batch.size": size, "recsys.batch.callers": len(contexts)},
     )
 

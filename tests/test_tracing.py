@@ -91,8 +91,15 @@ def test_one_recommend_is_one_trace_across_four_processes(live_stack, tmp_path):
             metadata=(("traceparent", f"00-{trace_id}-{caller_span}-01"),),
         )
         assert len(response.items) == 5
+        # A caller that did not sample its trace: no process records it (parent-based sampling).
+        unsampled = secrets.token_hex(16)
+        gateway_pb2_grpc.GatewayStub(channel).Recommend(
+            pb.RecommendRequest(user_id=live_stack.users.ids[1], k=5), timeout=10,
+            metadata=(("traceparent", f"00-{unsampled}-{secrets.token_hex(8)}-00"),),
+        )
     # Stopped: every exporter has flushed.
     by_process = {name: _spans(path) for name, path in files.items()}
+    assert not [s for found in by_process.values() for s in found if s["context"]["trace_id"] == f"0x{unsampled}"]
     spans = [s for found in by_process.values() for s in found if s["context"]["trace_id"] == f"0x{trace_id}"]
     tree = _tree(spans, f"0x{caller_span}")
     print(tree)
