@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export OPENBLAS_NUM_THREADS := 1
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: run test test-fast protos venv bench clean
+.PHONY: run test test-fast tools protos venv bench clean
 
 venv: $(STAMP)
 
@@ -24,11 +24,16 @@ run: venv
 	$(PY) scripts/run_stack.py
 
 # The whole test suite (what CI runs).
-test: venv
+test: venv tools
 	$(PY) -m pytest
 
+# promtool (Debian's prometheus package) checks the alerting rules in tests/test_observability.py.
+# About a minute the first time (as root: CI and the dev machines); nothing when present.
+tools:
+	command -v promtool >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus)
+
 # Everything except the tests that train models or start servers.
-test-fast: venv
+test-fast: venv tools
 	$(PY) -m pytest -m "not slow"
 
 # Regenerate the Python stubs and the protoset from protos/recsys/v1/*.proto.

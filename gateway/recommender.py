@@ -22,7 +22,7 @@ import grpc
 
 from gateway.peers import Tier, TierNotReady
 from recsys.v1 import common_pb2, index_service_pb2, index_service_pb2_grpc, query_service_pb2, query_service_pb2_grpc
-from serving import request_id
+from serving import errors, request_id, tracing
 from serving.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,18 @@ class RecResult:
 
 
 class PeerError(Exception):
-    """A peer failed; carries the status code to return to our caller."""
+    """A peer failed; carries the status code to return to our caller and where it failed.
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    ``tier`` ("query" or "index") and ``shard`` say which peer; ``reason`` overrides
+    the ErrorInfo reason the gateway derives from the code; ``field`` is the
+    request field a peer's INVALID_ARGUMENT names (e.g. ``genre_filter.include_genres[0]``).
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, tier: str = "", shard: int | None = None,
+                 reason: str = "", field: str = ""):
         super().__init__(message)
         self.code = code
+        self.tier, self.shard, self.reason, self.field = tier, shard, reason, field
 
 
 class Recommender:
@@ -136,7 +143,8 @@ class Recommender:
         except PeerError as exc:
             if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
                 raise
-            raise PeerError(grpc.StatusCode.UNAVAILABLE, f"model versions are changing on the tiers; retry ({exc})")
+            raise PeerError(grpc.StatusCode.UNAVAILABLE, f"model versions are changing on the tiers; retry ({exc})",
+                            tier=exc.tier, shard=exc.shard, reason="MODEL_VERSIONS_CHANGING")
 
     def _timeout(self, batch: list[RecRequest]) -> float:
         deadlines = [r.deadline for r in batch if r.deadline is not None]
@@ -248,7 +256,7 @@ class Recommender:
                 return names
             try:
                 status = await _call(self.index_tiers[0], self.index_shards[0].GetModelStatus,
-                                     common_pb2.GetModelStatusRequest(), timeout)
+                                     common_pb2.BackendModelStatusRequest(), timeout)
             except PeerError as exc:
                 log.warning("could not fetch the genre names from the index", extra={"failed": str(exc)})
                 # Ask again in a second, not on every request while the index is down.
@@ -261,7 +269,7 @@ class Recommender:
 
     async def _common_version(self, timeout: float) -> str:
         """The newest version loaded on the query tier and on every index shard."""
-        request = common_pb2.GetModelStatusRequest()
+        request = common_pb2.BackendModelStatusRequest()
         statuses = await asyncio.gather(
             _call(self.query_tier, self.query.GetModelStatus, request, timeout),
             *(_call(tier, s.GetModelStatus, request, timeout) for tier, s in zip(self.index_tiers, self.index_shards)),
@@ -273,6 +281,7 @@ class Recommender:
                 grpc.StatusCode.UNAVAILABLE,
                 f"no model version is loaded on both tiers (query holds {sorted(held[0])}, index holds "
                 f"{[sorted(h) for h in held[1:]]}); wait for the roll-out to finish",
+                reason="NO_COMMON_MODEL_VERSION",
             )
         return str(max(common))
 
@@ -301,7 +310,8 @@ class Recommender:
             )
         except PeerError as exc:
             if exc.code == grpc.StatusCode.FAILED_PRECONDITION:
-                raise PeerError(grpc.StatusCode.UNAVAILABLE, f"index shards are switching model versions; retry ({exc})")
+                raise PeerError(grpc.StatusCode.UNAVAILABLE, f"index shards are switching model versions; retry ({exc})",
+                                tier=exc.tier, shard=exc.shard, reason="MODEL_VERSIONS_CHANGING")
             raise
         return RecResult(_merge_top_k([r.results[0] for r in responses], k), version, fallback=False)
 
@@ -309,7 +319,7 @@ class Recommender:
 
     async def peer_status(self, timeout: float) -> list[common_pb2.ServiceModelStatus]:
         """Each peer's own status, tagged with the target the gateway reaches it at."""
-        request = common_pb2.GetModelStatusRequest()
+        request = common_pb2.BackendModelStatusRequest()
         peers = [(self.query_tier, self.query)] + list(zip(self.index_tiers, self.index_shards))
 
         async def one(tier: Tier, stub):
@@ -334,7 +344,7 @@ class _Embedded:
         return self.response.model_version
 
 
-def _available(status: common_pb2.GetModelStatusResponse) -> set[int]:
+def _available(status: common_pb2.BackendModelStatusResponse) -> set[int]:
     return {
         int(v.version)
         for s in status.services
@@ -383,18 +393,56 @@ async def _call(tier: Tier, method, request, timeout: float):
         await tier.wait_ready(timeout)
     except TierNotReady as exc:
         code = grpc.StatusCode.DEADLINE_EXCEEDED if exc.deadline_expired else grpc.StatusCode.UNAVAILABLE
-        raise PeerError(code, str(exc)) from None
+        raise PeerError(code, str(exc), **_where(tier.name)) from None
     timeout = max(0.001, timeout - (time.monotonic() - started))
+    peer = tier.name
     try:
+        if tracing.enabled:
+            with tracing.client_span(peer, _method_name(method, request), **_span_attributes(peer)) as trace_metadata:
+                return await method(request, timeout=timeout, wait_for_ready=True,
+                                    metadata=(*request_id.outgoing_metadata(), *trace_metadata))
         return await method(request, timeout=timeout, metadata=request_id.outgoing_metadata(), wait_for_ready=True)
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
+        where = _where(peer)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and not tier.ready:
-            raise PeerError(code, f"{tier.name} was not ready within the request's deadline: no replica of "
-                                  f"{tier.target} reported SERVING (starting or reconnecting)") from exc
+            raise PeerError(code, f"{peer} was not ready within the request's deadline: no replica of "
+                                  f"{tier.target} reported SERVING (starting or reconnecting)", **where) from exc
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise PeerError(code, f"{peer}: {exc.details()}", field=_request_field(exc), **where) from exc
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.INVALID_ARGUMENT):
-            raise PeerError(code, f"{tier.name}: {exc.details()}") from exc
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED):
+            raise PeerError(code, f"{peer}: {exc.details()}", **where) from exc
         # Anything else is a fault of that peer, not of the caller: report the peer
         # as unavailable (retryable) rather than passing INTERNAL/UNKNOWN through.
-        raise PeerError(grpc.StatusCode.UNAVAILABLE, f"{tier.name} failed with {code.name}: {exc.details()}") from exc
+        raise PeerError(grpc.StatusCode.UNAVAILABLE, f"{peer} failed with {code.name}: {exc.details()}",
+                        **where) from exc
+
+
+def _where(peer: str) -> dict:
+    """``"index shard 1"`` -> tier "index", shard 1; ``"query service"`` -> tier "query"."""
+    tier, _, shard = peer.partition(" shard ")
+    return {"tier": tier.split()[0], "shard": int(shard) if shard.isdigit() else None}
+
+
+def _method_name(method, request) -> str:
+    """``/recsys.v1.IndexService/Search`` for a stub's method (its path), else the request's type."""
+    path = getattr(method, "_method", None)
+    return path.decode() if isinstance(path, bytes) else type(request).__name__
+
+
+def _span_attributes(peer: str) -> dict:
+    where = _where(peer)
+    return {"recsys.tier": where["tier"], **({"recsys.shard": where["shard"]} if where["shard"] is not None else {})}
+
+
+def _request_field(exc: grpc.aio.AioRpcError) -> str:
+    """The bad field a peer's BadRequest names, as a field of the caller's request.
+
+    An index query's ``genre_filter`` is the caller's, so ``queries[3].genre_filter.include_genres[0]``
+    is the caller's ``genre_filter.include_genres[0]``.
+    """
+    for detail in errors.details_of(exc):
+        for violation in getattr(detail, "field_violations", ()):
+            return violation.field.partition(".")[2] if violation.field.startswith("queries[") else violation.field
+    return ""

@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.flag("--batch-wait-us", 0, int, "extra wait for a fuller batch when requests are queueing")
     parser.flag("--batch-concurrency", 1, int, "batches in flight at once (fewer: larger batches, less CPU)")
     parser.flag("--max-batch-request", 1000, int, "most requests in one RecommendBatch call")
+    parser.flag("--expose-peer-addresses", False, bool,
+                "admin: GetModelStatus tells every client the peers' internal addresses")
     parser.flag("--default-timeout", 5.0, float, "seconds allowed for the inner calls when the caller sets no deadline")
     parser.flag(
         "--peer-restart-wait", 5.0, float,
@@ -71,7 +73,8 @@ async def serve(args: argparse.Namespace) -> None:
         default_timeout_s=args.default_timeout,
         max_message_bytes=args.max_message_bytes,
     )
-    servicer = GatewayServicer(recommender, max_batch_request=args.max_batch_request)
+    servicer = GatewayServicer(recommender, max_batch_request=args.max_batch_request,
+                               expose_peer_addresses=args.expose_peer_addresses)
     # Requests stay within --max-message-bytes; answers may be as large as the
     # API's largest (a RecommendBatch of MAX_BATCH_RESULTS movies).
     server = GrpcServer(args, [servicer.service_name],

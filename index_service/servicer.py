@@ -7,6 +7,7 @@ import numpy as np
 
 from index_service.index import ItemIndex
 from recsys.v1 import index_service_pb2, index_service_pb2_grpc
+from serving import errors, tracing
 from serving.admin import ModelAdminMixin
 from serving.lifecycle import ModelManager, VersionUnavailable, parse_version
 
@@ -15,7 +16,11 @@ DEFAULT_K = 10
 
 
 class InvalidRequest(ValueError):
-    """The request is malformed; the message says what is allowed."""
+    """The request is malformed; the message says what is allowed, ``field`` which field it is."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
 
 
 class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer):
@@ -56,8 +61,12 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
         try:
             k, vectors, popular, excluded, filters = self._parse(request, index)
         except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        results = search(index, k, vectors, popular, excluded, filters, exact=request.exact)
+            await errors.abort_invalid_field(context, exc.field, str(exc))
+        if tracing.enabled:
+            with tracing.span("ScaNN search", **{"recsys.queries": len(vectors), "recsys.k": k, "recsys.exact": request.exact}):
+                results = search(index, k, vectors, popular, excluded, filters, exact=request.exact)
+        else:
+            results = search(index, k, vectors, popular, excluded, filters, exact=request.exact)
         return index_service_pb2.SearchResponse(
             results=results,
             model_version=str(version),
@@ -67,8 +76,8 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
 
     async def GetItemEmbeddings(self, request, context):
         if not 1 <= len(request.item_ids) <= self.max_batch:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"send 1..{self.max_batch} item_ids; got {len(request.item_ids)}"
+            await errors.abort_invalid_field(
+                context, "item_ids", f"send 1..{self.max_batch} item_ids; got {len(request.item_ids)}"
             )
         version, index = await self._model(request.model_version, context)
         items = index.items
@@ -86,22 +95,23 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
         try:
             return self.manager.get(parse_version(requested))
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await errors.abort_invalid_field(context, "model_version", str(exc))
         except VersionUnavailable as exc:
-            await context.abort(
+            await errors.abort(context, errors.error_info(
                 grpc.StatusCode.FAILED_PRECONDITION, f"{exc}; use one of the loaded versions (vectors of one "
-                "version are meaningless against another's items)"
-            )
+                "version are meaningless against another's items)", "MODEL_VERSION_NOT_LOADED",
+                {"requested": exc.requested, "loaded": ",".join(map(str, exc.available))},
+            ))
 
     def _parse(self, request, index: ItemIndex):
         queries = request.queries
         if not queries:
-            raise InvalidRequest("queries is empty: send 1 or more queries")
+            raise InvalidRequest("queries is empty: send 1 or more queries", "queries")
         if len(queries) > self.max_batch:
-            raise InvalidRequest(f"{len(queries)} queries in one call; at most {self.max_batch}: split the batch")
+            raise InvalidRequest(f"{len(queries)} queries in one call; at most {self.max_batch}: split the batch", "queries")
         k = request.k or DEFAULT_K
         if not 1 <= k <= MAX_K:
-            raise InvalidRequest(f"k must be 1..{MAX_K} (0 means {DEFAULT_K}); got {request.k}")
+            raise InvalidRequest(f"k must be 1..{MAX_K} (0 means {DEFAULT_K}); got {request.k}", "k")
         dim = index.dim
         vectors = np.zeros((len(queries), dim), dtype=np.float32)
         popular = np.zeros(len(queries), dtype=bool)
@@ -111,19 +121,20 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
         for i, query in enumerate(queries):
             if query.most_popular:
                 if len(query.vector):
-                    raise InvalidRequest(f"queries[{i}]: set either vector or most_popular, not both")
+                    raise InvalidRequest(f"queries[{i}]: set either vector or most_popular, not both", f"queries[{i}].vector")
                 popular[i] = True
             else:
                 if len(query.vector) != dim:
                     raise InvalidRequest(
                         f"queries[{i}].vector has {len(query.vector)} values; this index (model version "
-                        f"{index.version}) needs {dim}"
+                        f"{index.version}) needs {dim}", f"queries[{i}].vector"
                     )
                 vectors[i] = query.vector
             if query.exclude_item_ids:
                 if len(query.exclude_item_ids) > self.max_excluded:
                     raise InvalidRequest(
-                        f"queries[{i}] excludes {len(query.exclude_item_ids)} items; at most {self.max_excluded}"
+                        f"queries[{i}] excludes {len(query.exclude_item_ids)} items; at most {self.max_excluded}",
+                        f"queries[{i}].exclude_item_ids",
                     )
                 rows = index.items.row_of.rows(query.exclude_item_ids)
                 excluded[i] = rows[rows >= 0]
@@ -134,7 +145,7 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
                     masks = (index.genre_mask(query.genre_filter.include_genres),
                              index.genre_mask(query.genre_filter.exclude_genres))
                 except ValueError as exc:
-                    raise InvalidRequest(f"queries[{i}].genre_filter: {exc}") from exc
+                    raise InvalidRequest(f"queries[{i}].genre_filter: {exc}", f"queries[{i}].genre_filter") from exc
                 filters[i] = masks if any(masks) else None
         if seen_of and index.seen is not None:
             # One id lookup for the whole batch; the lists are row numbers already.
@@ -143,7 +154,7 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
                     excluded[i] = np.concatenate([excluded[i], rows]) if excluded[i].size else rows
         if not np.isfinite(vectors).all():
             bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
-            raise InvalidRequest(f"queries[{bad}].vector holds NaN or Inf; every value must be finite")
+            raise InvalidRequest(f"queries[{bad}].vector holds NaN or Inf; every value must be finite", f"queries[{bad}].vector")
         return k, vectors, popular, excluded, filters
 
 

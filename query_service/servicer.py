@@ -11,10 +11,12 @@ import numpy as np
 
 from query_service.model import UserTower
 from recsys.v1 import query_service_pb2, query_service_pb2_grpc
+from serving import errors
 from serving.admin import ModelAdminMixin
 from serving.batching import MicroBatcher
 from serving.lifecycle import ModelManager, VersionUnavailable, parse_version
-from serving.user_features import feature_problem
+from serving.errors import InvalidArgument, Violations
+from serving.user_features import feature_violations
 
 MAX_USER_ID_BYTES = 256
 
@@ -33,6 +35,29 @@ class QueryServicer(ModelAdminMixin, query_service_pb2_grpc.QueryServiceServicer
             self._embed_batch, max_batch=max_batch, max_wait_us=batch_wait_us, stage="query_tf_call"
         )
 
+    def _validate(self, user_ids: list[str], features: list) -> None:
+        problems = Violations()
+        if not user_ids:
+            problems.add("user_ids", "user_ids is empty: send 1 or more user ids")
+        if len(user_ids) > self.max_batch:
+            problems.add(
+                "user_ids", f"{len(user_ids)} user_ids in one call; at most {self.max_batch} are allowed: split the batch"
+            )
+        for i, uid in enumerate(user_ids):
+            if not uid or len(uid.encode()) > MAX_USER_ID_BYTES:
+                problems.add(
+                    f"user_ids[{i}]",
+                    f"every user id must be 1..{MAX_USER_ID_BYTES} bytes; got one of {len(uid.encode())} bytes",
+                )
+        if features and len(features) != len(user_ids):
+            problems.add(
+                "user_features",
+                f"user_features has {len(features)} entries for {len(user_ids)} user_ids: send one per id, or none",
+            )
+        for i, f in enumerate(features):
+            problems.extend(feature_violations(f, f"user_features[{i}]"))
+        problems.raise_if_any()
+
     async def _embed_batch(self, items: list[tuple[UserTower, str]]) -> Sequence[np.ndarray]:
         """One SavedModel call per model version in the gathered batch, on the TF thread."""
         loop = asyncio.get_running_loop()
@@ -49,34 +74,20 @@ class QueryServicer(ModelAdminMixin, query_service_pb2_grpc.QueryServiceServicer
 
     async def EmbedUsers(self, request, context):
         user_ids = list(request.user_ids)
-        if not user_ids:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_ids is empty: send 1 or more user ids")
-        if len(user_ids) > self.max_batch:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{len(user_ids)} user_ids in one call; at most {self.max_batch} are allowed: split the batch",
-            )
-        for uid in user_ids:
-            if not uid or len(uid.encode()) > MAX_USER_ID_BYTES:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"every user id must be 1..{MAX_USER_ID_BYTES} bytes; got one of {len(uid.encode())} bytes",
-                )
         features = list(request.user_features)
-        if features and len(features) != len(user_ids):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"user_features has {len(features)} entries for {len(user_ids)} user_ids: send one per id, or none",
-            )
-        for i, f in enumerate(features):
-            if (problem := feature_problem(f)) is not None:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"user_features[{i}]: {problem}")
+        try:
+            self._validate(user_ids, features)
+        except InvalidArgument as exc:
+            await errors.abort_invalid(context, exc)
         try:
             version, tower = self.manager.get(parse_version(request.model_version))
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await errors.abort_invalid_field(context, "model_version", str(exc))
         except VersionUnavailable as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            await errors.abort(context, errors.error_info(
+                grpc.StatusCode.FAILED_PRECONDITION, str(exc), "MODEL_VERSION_NOT_LOADED",
+                {"requested": exc.requested, "loaded": ",".join(map(str, exc.available))},
+            ))
         vectors, known = tower.lookup(user_ids)
         from_features = np.zeros(len(user_ids), dtype=bool)
         if features and tower.embeds_features:

@@ -52,7 +52,7 @@ class ModelAdminMixin:
         return service_status(self.manager, self.service_name, self.shard_index, self.num_shards)
 
     async def GetModelStatus(self, request, context):
-        return common_pb2.GetModelStatusResponse(services=[self._status()])
+        return common_pb2.BackendModelStatusResponse(services=[self._status()])
 
     async def ReloadModels(self, request, context):
         if not self.allow_reload:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from serving import metrics
+from serving import metrics, tracing
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -49,7 +49,8 @@ class MicroBatcher(Generic[T, R]):
         self._max_wait_s = max_wait_us / 1e6
         self._concurrency = concurrency
         self._stage = stage
-        self._queue: asyncio.Queue[tuple[list[T], asyncio.Future[list[R]]]] = asyncio.Queue()
+        # (items, the caller's future, the caller's trace context or None when tracing is off)
+        self._queue: asyncio.Queue[tuple[list[T], asyncio.Future[list[R]], object]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         # Batches in flight, whether run by a worker or directly by an idle caller.
         self._slots = asyncio.Semaphore(concurrency)
@@ -70,7 +71,7 @@ class MicroBatcher(Generic[T, R]):
                 return await self._run_alone(items)
         self.start()
         future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((items, future))
+        self._queue.put_nowait((items, future, tracing.capture()))
         return await future
 
     async def _run_alone(self, items: list[T]) -> list[R]:
@@ -108,22 +109,26 @@ class MicroBatcher(Generic[T, R]):
             size += len(nxt[0])
         await self._dispatch(pending)
 
-    async def _dispatch(self, pending: list[tuple[list[T], asyncio.Future[list[R]]]]) -> None:
+    async def _dispatch(self, pending: list[tuple[list[T], asyncio.Future[list[R]], object]]) -> None:
         # Callers whose RPC was cancelled (deadline, disconnect) are dropped here.
-        pending = [(items, fut) for items, fut in pending if not fut.done()]
+        pending = [entry for entry in pending if not entry[1].done()]
         if not pending:
             return
-        batch = [item for items, _ in pending for item in items]
+        batch = [item for items, _, _ in pending for item in items]
         metrics.BATCH_SIZE.labels(self._stage).observe(len(batch))
         try:
-            results = await self._run_batch(batch)
+            if tracing.enabled:
+                with tracing.batch_span(self._stage, [ctx for _, _, ctx in pending], len(batch)):
+                    results = await self._run_batch(batch)
+            else:
+                results = await self._run_batch(batch)
         except Exception as exc:
-            for _, fut in pending:
+            for _, fut, _ in pending:
                 if not fut.done():
                     fut.set_exception(exc)
             return
         offset = 0
-        for items, fut in pending:
+        for items, fut, _ in pending:
             mine = list(results[offset : offset + len(items)])
             offset += len(items)
             if fut.done():

@@ -9,7 +9,8 @@ Per unary call, in order:
    reflection are exempt so probes keep answering under overload;
 3. decoding: a request that is not a valid message (e.g. a string field with
    non-UTF-8 bytes) is INVALID_ARGUMENT, not the INTERNAL grpcio would send;
-4. metrics: count by method and status code, and latency.
+4. metrics: count by method and status code, and latency;
+5. tracing, only when ``serving.tracing`` is on: a SERVER span in the caller's trace.
 
 This is not a ``grpc.aio.ServerInterceptor``: an interceptor runs a coroutine
 chain per call just to find the handler. Instead ``WrappingServer`` wraps each
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf.message import DecodeError
 
-from serving import metrics, request_id
+from serving import errors, metrics, request_id, tracing
 
 EXEMPT_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
@@ -43,6 +44,8 @@ class CallWrapper:
             return handler
         exempt = method.startswith(EXEMPT_PREFIXES)
         inner, decode = handler.unary_unary, handler.request_deserializer
+        if tracing.enabled and not exempt:
+            inner = tracing.server_handler(method, inner)
         latency = metrics.LATENCY.labels(method)
         outcomes = metrics.RequestCounts(method)
 
@@ -62,10 +65,11 @@ class CallWrapper:
                 self.in_flight += 1
             try:
                 if not admitted:
-                    await context.abort(
+                    await errors.abort(context, errors.error_info(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"server busy: {self.max_in_flight} requests in flight; retry with backoff",
-                    )
+                        "SERVER_BUSY",
+                    ))
                 try:
                     request = decode(raw) if decode else raw
                 except (DecodeError, ValueError, TypeError) as exc:

@@ -95,11 +95,11 @@ def ask_loaded_versions(
                 with grpc.insecure_channel(address) as channel:
                     method = channel.unary_unary(
                         f"/{service}/GetModelStatus",
-                        request_serializer=common_pb2.GetModelStatusRequest.SerializeToString,
-                        response_deserializer=common_pb2.GetModelStatusResponse.FromString,
+                        request_serializer=common_pb2.BackendModelStatusRequest.SerializeToString,
+                        response_deserializer=common_pb2.BackendModelStatusResponse.FromString,
                     )
                     try:
-                        response = method(common_pb2.GetModelStatusRequest(), timeout=timeout_s)
+                        response = method(common_pb2.BackendModelStatusRequest(), timeout=timeout_s)
                     except grpc.RpcError as exc:
                         raise RetentionError(
                             f"{service} at {address} (from {target}) did not report its model versions "

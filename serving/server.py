@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from serving import interceptors, metrics, reflection, tls
+from serving import interceptors, metrics, reflection, tls, tracing
 from serving.lifecycle import ModelManager
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class GrpcServer:
         """``max_send_message_bytes`` raises the limit on answers above --max-message-bytes."""
         self.args = args
         self.service_names = list(service_names)
+        # Before any servicer is registered: the call wrappers add spans only if tracing is on by then.
+        tracing.setup(tracing.default_service_name(self.service_names))
         self.server = grpc.aio.server(
             options=[
                 *channel_options(args.max_message_bytes, max_send_message_bytes),
@@ -105,6 +107,7 @@ class GrpcServer:
         await self.server.stop(grace)
         if on_stop is not None:
             await on_stop()
+        tracing.shutdown()
         log.info("stopped")
 
 

@@ -54,7 +54,7 @@ class Fake(query_service_pb2_grpc.QueryServiceServicer, index_service_pb2_grpc.I
         version = common_pb2.ModelVersionStatus(
             version="1", state=common_pb2.MODEL_VERSION_STATE_AVAILABLE, size=self.calls, is_default=True
         )
-        return common_pb2.GetModelStatusResponse(services=[common_pb2.ServiceModelStatus(versions=[version])])
+        return common_pb2.BackendModelStatusResponse(services=[common_pb2.ServiceModelStatus(versions=[version])])
 
 
 async def serve(args: argparse.Namespace) -> None:

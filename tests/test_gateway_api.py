@@ -6,7 +6,8 @@ import grpc
 import numpy as np
 import pytest
 
-from recsys.v1 import common_pb2, gateway_pb2 as pb
+from procs import Service, running
+from recsys.v1 import common_pb2, gateway_pb2 as pb, gateway_pb2_grpc
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +118,7 @@ def test_expired_deadline_fails_fast(live_stack):
 
 
 def test_model_status_aggregates_peers(live_stack):
-    response = live_stack.stub.GetModelStatus(common_pb2.GetModelStatusRequest(), timeout=10)
+    response = live_stack.stub.GetModelStatus(pb.GetModelStatusRequest(), timeout=10)
     by_service = {s.service: s for s in response.services}
     assert set(by_service) == {"recsys.v1.Gateway", "recsys.v1.QueryService", "recsys.v1.IndexService"}
     version = str(live_stack.manifest.version)
@@ -125,5 +126,18 @@ def test_model_status_aggregates_peers(live_stack):
         [v] = by_service[name].versions
         assert v.version == version and v.is_default and v.state == common_pb2.MODEL_VERSION_STATE_AVAILABLE
     assert by_service["recsys.v1.IndexService"].versions[0].size == len(live_stack.items)
+    # Internal addresses are an operator's detail, not for any client.
+    assert all(s.address == "" for s in response.services)
+
+
+def test_peer_addresses_only_behind_the_admin_flag(live_stack):
+    gateway = Service("gateway", [
+        "--query-target", live_stack.query.address, "--index-targets", live_stack.index.address,
+        "--expose-peer-addresses",
+    ])
+    with running(gateway), grpc.insecure_channel(gateway.address) as channel:
+        response = gateway_pb2_grpc.GatewayStub(channel).GetModelStatus(pb.GetModelStatusRequest(), timeout=10)
+    by_service = {s.service: s for s in response.services}
     assert by_service["recsys.v1.IndexService"].address == live_stack.index.address
     assert by_service["recsys.v1.QueryService"].address == live_stack.query.address
+    assert by_service["recsys.v1.Gateway"].address == ""

@@ -183,7 +183,7 @@ def test_failing_peer_is_unavailable_without_a_retry_storm(fail_code, retried):
                 assert code == grpc.StatusCode.UNAVAILABLE and "query service" in details
         with grpc.insecure_channel(peer.address) as channel:
             calls = query_service_pb2_grpc.QueryServiceStub(channel).GetModelStatus(
-                common_pb2.GetModelStatusRequest(), timeout=5).services[0].versions[0].size
+                common_pb2.BackendModelStatusRequest(), timeout=5).services[0].versions[0].size
     if retried:
         assert 50 < calls <= 150  # at most 3 attempts each, fewer once the retry budget is spent
     else:

@@ -50,7 +50,7 @@ def test_prune_never_removes_a_loaded_version_or_a_staging_folder(tmp_path):
             assert in_progress.path.is_dir()
         with grpc.insecure_channel(index.address) as channel:
             status = index_service_pb2_grpc.IndexServiceStub(channel).GetModelStatus(
-                common_pb2.GetModelStatusRequest(), timeout=10)
+                common_pb2.BackendModelStatusRequest(), timeout=10)
     assert result.returncode == 0, result.stderr
     assert sorted(bundle.version_dirs(model_base)) == [1, 2, 5]
     assert "removed [3, 4]" in result.stdout and "version 1 is loaded by recsys.v1.IndexService" in result.stdout

@@ -38,7 +38,7 @@ def user_ids(model_base):
 
 
 def status_by_service(stub):
-    response = stub.GetModelStatus(common_pb2.GetModelStatusRequest(), timeout=10)
+    response = stub.GetModelStatus(pb.GetModelStatusRequest(), timeout=10)
     return {s.service: {v.version: v for v in s.versions} for s in response.services}
 
 

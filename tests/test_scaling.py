@@ -41,7 +41,7 @@ def test_two_shards_two_replicas_equal_the_single_index(live_stack):
     with running(*shards[0], *shards[1], gateway):
         with grpc.insecure_channel(gateway.address) as channel:
             sharded = gateway_pb2_grpc.GatewayStub(channel)
-            status = sharded.GetModelStatus(common_pb2.GetModelStatusRequest(), timeout=10)
+            status = sharded.GetModelStatus(pb.GetModelStatusRequest(), timeout=10)
             held = sorted((s.shard_index, s.num_shards, s.versions[0].size) for s in status.services
                           if s.service == "recsys.v1.IndexService")
             assert [h[:2] for h in held] == [(0, 2), (1, 2)]

@@ -19,7 +19,8 @@ import pytest
 
 from bundles import write_item_bundle
 from gateway.recommender import PeerError, Recommender, RecRequest, search_chunks
-from gateway.servicer import MAX_BATCH_RESULTS, InvalidRequest, check_genre_names
+from gateway.servicer import MAX_BATCH_RESULTS, check_genre_names
+from serving.errors import InvalidArgument
 from procs import Service, free_port, running, stack
 from recsys.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, index_service_pb2 as ipb, index_service_pb2_grpc
 from recsys.v1 import query_service_pb2 as qpb
@@ -155,7 +156,7 @@ def test_genre_names_are_checked_against_the_models():
     known = ("Action", "Comedy", "Sci-Fi")
     check_genre_names(common_pb2.GenreFilter(include_genres=["action"], exclude_genres=["SCI-FI"]), known)
     check_genre_names(common_pb2.GenreFilter(include_genres=["Space Opera"]), ())  # names unknown: the index checks
-    with pytest.raises(InvalidRequest, match="unknown genre 'Space Opera'; known genres: Action, Comedy, Sci-Fi"):
+    with pytest.raises(InvalidArgument, match="unknown genre 'Space Opera'; known genres: Action, Comedy, Sci-Fi"):
         check_genre_names(common_pb2.GenreFilter(exclude_genres=["Space Opera"]), known)
 
 
@@ -212,7 +213,7 @@ def test_the_index_excludes_a_users_training_items_by_user_id(seen_bundle):
             answer = stub.Search(ipb.SearchRequest(queries=[ipb.Query(most_popular=True, user_id="4",
                                                                       exclude_seen=True)], k=10), timeout=10)
             assert list(answer.results[0].item_ids) == [i for i in popular if i not in seen][:10]
-            status = stub.GetModelStatus(common_pb2.GetModelStatusRequest(), timeout=10)
+            status = stub.GetModelStatus(common_pb2.BackendModelStatusRequest(), timeout=10)
             assert list(status.services[0].versions[0].genres)[:2] == ["unknown", "Action"]
 
 

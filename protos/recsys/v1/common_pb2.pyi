@@ -74,11 +74,11 @@ class ServiceModelStatus(_message.Message):
     error: str
     def __init__(self, service: _Optional[str] = ..., address: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersionStatus, _Mapping]]] = ..., shard_index: _Optional[int] = ..., num_shards: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
-class GetModelStatusRequest(_message.Message):
+class BackendModelStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class GetModelStatusResponse(_message.Message):
+class BackendModelStatusResponse(_message.Message):
     __slots__ = ("services",)
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceModelStatus]

@@ -74,3 +74,13 @@ class SimilarItemsResponse(_message.Message):
     items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     model_version: str
     def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class GetModelStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetModelStatusResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[_common_pb2.ServiceModelStatus]
+    def __init__(self, services: _Optional[_Iterable[_Union[_common_pb2.ServiceModelStatus, _Mapping]]] = ...) -> None: ...

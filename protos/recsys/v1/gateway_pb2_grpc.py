@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from recsys.v1 import common_pb2 as recsys_dot_v1_dot_common__pb2
 from recsys.v1 import gateway_pb2 as recsys_dot_v1_dot_gateway__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -53,8 +52,8 @@ class GatewayStub:
                 _registered_method=True)
         self.GetModelStatus = channel.unary_unary(
                 '/recsys.v1.Gateway/GetModelStatus',
-                request_serializer=recsys_dot_v1_dot_common__pb2.GetModelStatusRequest.SerializeToString,
-                response_deserializer=recsys_dot_v1_dot_common__pb2.GetModelStatusResponse.FromString,
+                request_serializer=recsys_dot_v1_dot_gateway__pb2.GetModelStatusRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_gateway__pb2.GetModelStatusResponse.FromString,
                 _registered_method=True)
 
 
@@ -85,7 +84,7 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelStatus(self, request, context):
-        """Aggregated model status of the gateway and every peer it reaches.
+        """Model versions loaded behind the gateway, per service and shard.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,8 +110,8 @@ def add_GatewayServicer_to_server(servicer, server):
             ),
             'GetModelStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelStatus,
-                    request_deserializer=recsys_dot_v1_dot_common__pb2.GetModelStatusRequest.FromString,
-                    response_serializer=recsys_dot_v1_dot_common__pb2.GetModelStatusResponse.SerializeToString,
+                    request_deserializer=recsys_dot_v1_dot_gateway__pb2.GetModelStatusRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_gateway__pb2.GetModelStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,8 +221,8 @@ class Gateway:
             request,
             target,
             '/recsys.v1.Gateway/GetModelStatus',
-            recsys_dot_v1_dot_common__pb2.GetModelStatusRequest.SerializeToString,
-            recsys_dot_v1_dot_common__pb2.GetModelStatusResponse.FromString,
+            recsys_dot_v1_dot_gateway__pb2.GetModelStatusRequest.SerializeToString,
+            recsys_dot_v1_dot_gateway__pb2.GetModelStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,8 +48,8 @@ class IndexServiceStub:
                 _registered_method=True)
         self.GetModelStatus = channel.unary_unary(
                 '/recsys.v1.IndexService/GetModelStatus',
-                request_serializer=recsys_dot_v1_dot_common__pb2.GetModelStatusRequest.SerializeToString,
-                response_deserializer=recsys_dot_v1_dot_common__pb2.GetModelStatusResponse.FromString,
+                request_serializer=recsys_dot_v1_dot_common__pb2.BackendModelStatusRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_common__pb2.BackendModelStatusResponse.FromString,
                 _registered_method=True)
         self.ReloadModels = channel.unary_unary(
                 '/recsys.v1.IndexService/ReloadModels',
@@ -84,7 +84,7 @@ class IndexServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReloadModels(self, request, context):
-        """Looks for new model versions now (admin; can be disabled by flag).
+        """Looks for new model versions now (an admin call; the operator may disable it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,8 +105,8 @@ def add_IndexServiceServicer_to_server(servicer, server):
             ),
             'GetModelStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelStatus,
-                    request_deserializer=recsys_dot_v1_dot_common__pb2.GetModelStatusRequest.FromString,
-                    response_serializer=recsys_dot_v1_dot_common__pb2.GetModelStatusResponse.SerializeToString,
+                    request_deserializer=recsys_dot_v1_dot_common__pb2.BackendModelStatusRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_common__pb2.BackendModelStatusResponse.SerializeToString,
             ),
             'ReloadModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ReloadModels,
@@ -194,8 +194,8 @@ class IndexService:
             request,
             target,
             '/recsys.v1.IndexService/GetModelStatus',
-            recsys_dot_v1_dot_common__pb2.GetModelStatusRequest.SerializeToString,
-            recsys_dot_v1_dot_common__pb2.GetModelStatusResponse.FromString,
+            recsys_dot_v1_dot_common__pb2.BackendModelStatusRequest.SerializeToString,
+            recsys_dot_v1_dot_common__pb2.BackendModelStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recsys.v1 import common_pb2 as recsys_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drecsys/v1/query_service.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\x9e\x01\n\x11\x45mbedUsersRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0cinclude_seen\x18\x03 \x01(\x08\x12.\n\ruser_features\x18\x04 \x03(\x0b\x32\x17.recsys.v1.UserFeatures\x12\x1a\n\x12skip_unknown_users\x18\x05 \x01(\x08\"m\n\rUserEmbedding\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12\r\n\x05known\x18\x03 \x01(\x08\x12\x15\n\rseen_item_ids\x18\x04 \x03(\t\x12\x15\n\rfrom_features\x18\x05 \x01(\x08\"l\n\x12\x45mbedUsersResponse\x12,\n\nembeddings\x18\x01 \x03(\x0b\x32\x18.recsys.v1.UserEmbedding\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x32\x81\x02\n\x0cQueryService\x12I\n\nEmbedUsers\x12\x1c.recsys.v1.EmbedUsersRequest\x1a\x1d.recsys.v1.EmbedUsersResponse\x12U\n\x0eGetModelStatus\x12 .recsys.v1.GetModelStatusRequest\x1a!.recsys.v1.GetModelStatusResponse\x12O\n\x0cReloadModels\x12\x1e.recsys.v1.ReloadModelsRequest\x1a\x1f.recsys.v1.ReloadModelsResponseB\x14Z\x12recsys/v1;recsysv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drecsys/v1/query_service.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\x9e\x01\n\x11\x45mbedUsersRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0cinclude_seen\x18\x03 \x01(\x08\x12.\n\ruser_features\x18\x04 \x03(\x0b\x32\x17.recsys.v1.UserFeatures\x12\x1a\n\x12skip_unknown_users\x18\x05 \x01(\x08\"m\n\rUserEmbedding\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12\r\n\x05known\x18\x03 \x01(\x08\x12\x15\n\rseen_item_ids\x18\x04 \x03(\t\x12\x15\n\rfrom_features\x18\x05 \x01(\x08\"l\n\x12\x45mbedUsersResponse\x12,\n\nembeddings\x18\x01 \x03(\x0b\x32\x18.recsys.v1.UserEmbedding\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x32\x89\x02\n\x0cQueryService\x12I\n\nEmbedUsers\x12\x1c.recsys.v1.EmbedUsersRequest\x1a\x1d.recsys.v1.EmbedUsersResponse\x12]\n\x0eGetModelStatus\x12$.recsys.v1.BackendModelStatusRequest\x1a%.recsys.v1.BackendModelStatusResponse\x12O\n\x0cReloadModels\x12\x1e.recsys.v1.ReloadModelsRequest\x1a\x1f.recsys.v1.ReloadModelsResponseB\x14Z\x12recsys/v1;recsysv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,5 +40,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDUSERSRESPONSE']._serialized_start=340
   _globals['_EMBEDUSERSRESPONSE']._serialized_end=448
   _globals['_QUERYSERVICE']._serialized_start=451
-  _globals['_QUERYSERVICE']._serialized_end=708
+  _globals['_QUERYSERVICE']._serialized_end=716
 # @@protoc_insertion_point(module_scope)
