@@ -14,7 +14,7 @@ from trainer import data
 from trainer.dataset import CATEGORICAL, MULTI, NUMERIC, TEXT, Dataset
 from trainer.readers import DataError, ReadOptions, add_reader_flags, detect_format, read_dataset, read_folder
 
-SHARED_ML100K = Path(__file__).resolve().parents[1].parent.parent / "shared" / "data" / "ml-100k"
+SHARED_ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 
 
 def user_item_sets(users: np.ndarray, items: np.ndarray) -> dict[str, set[str]]:
