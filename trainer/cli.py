@@ -16,7 +16,7 @@ from pathlib import Path
 from trainer.config import FINE_TUNES, INITS, NEGATIVES, ModelConfig, TrainConfig
 from trainer.data import DataError
 
-COMMANDS = ("train", "evaluate", "tune", "synthetic")
+COMMANDS = ("train", "evaluate", "tune", "synthetic", "synthetic-log")
 DEFAULT_MODEL_BASE = "./models/movielens"
 EXIT_INPUT_ERROR = 2
 
@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--dim", type=int, default=32)
     synthetic.add_argument("--clusters", type=int, default=1000)
     synthetic.add_argument("--seed", type=int, default=0)
+
+    from trainer.synthetic_log import add_command as add_synthetic_log  # numpy only
+
+    add_synthetic_log(commands)  # python -m trainer synthetic-log: a generated interaction log
     return parser
 
 
@@ -293,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     from serving.bundle import BundleError
 
     try:
-        return {"train": run_train, "evaluate": run_evaluate, "tune": run_tune, "synthetic": run_synthetic}[args.command](args)
+        handler = getattr(args, "handler", None)  # sub-commands defined next to their code (synthetic-log)
+        return handler(args) if handler else {"train": run_train, "evaluate": run_evaluate, "tune": run_tune, "synthetic": run_synthetic}[args.command](args)
     except (DataError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
