@@ -509,12 +509,10 @@ def generic_item_ids(world: World, rows: np.ndarray) -> np.ndarray:
 
 
 GENERIC_SCHEMA = {
-    "interactions": {"file": "interactions.csv", "user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"},
-    "items": {"file": "items.csv", "id": "item_id", "title": "title",
-              "features": {"genres": {"kind": "multi", "separator": "|"}, "year": {"kind": "numeric"}}},
-    "users": {"file": "users.csv", "id": "user_id",
-              "features": {"age": {"kind": "numeric"}, "gender": {"kind": "categorical"},
-                           "occupation": {"kind": "categorical"}}},
+    "interactions": {"file": "interactions.csv"},
+    "items": {"file": "items.csv", "features": {"genres": {"kind": "multi", "separator": "|"}, "year": "numeric"},
+              "genre_filter": "genres"},
+    "users": {"file": "users.csv", "features": {"age": "numeric", "gender": "categorical", "occupation": "categorical"}},
 }  # fmt: skip
 
 
