@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import platform
@@ -43,6 +44,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from trainer.synthetic_log import LogConfig
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -140,8 +143,13 @@ def ensure_log(cache: Path, users: int, items: int, interactions: int, seed: int
     """The cached log of this shape, generated first (in a subprocess, into a staging folder) if missing."""
     folder = cache / f"{layout}-u{users}-i{items}-n{interactions}-s{seed}"
     meta = folder / "synthetic.json"
+    wanted = dataclasses.asdict(LogConfig(users=users, items=items, interactions=interactions, seed=seed))
     if meta.is_file():
-        return folder, {**json.loads(meta.read_text()), "cached": True}
+        cached = json.loads(meta.read_text())
+        if cached.get("config") == wanted and cached.get("layout") == layout:
+            return folder, {**cached, "cached": True}
+        log(f"{folder} was generated with other settings; generating it again")
+        shutil.rmtree(folder)
     cache.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=cache))
     log(f"generating {interactions:,} interactions, {users:,} users, {items:,} items ({layout}) into {folder}")

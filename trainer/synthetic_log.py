@@ -107,8 +107,8 @@ class LogConfig:
     seed: int = 0
     rank: int = 16
     topics: int = 0
-    temperature: float = 0.25
-    item_spread: float = 0.2
+    temperature: float = 0.15
+    item_spread: float = 0.12
     popularity_exponent: float = 2.5
     min_per_user: int = 20
     max_user_share: float = 0.1
@@ -510,7 +510,7 @@ def generic_item_ids(world: World, rows: np.ndarray) -> np.ndarray:
 
 GENERIC_SCHEMA = {
     "interactions": {"file": "interactions.csv"},
-    "items": {"file": "items.csv", "features": {"genres": {"kind": "multi", "separator": "|"}, "year": "numeric"},
+    "items": {"file": "items.csv", "features": {"title": "text", "genres": {"kind": "multi", "separator": "|"}, "year": "numeric"},
               "genre_filter": "genres"},
     "users": {"file": "users.csv", "features": {"age": "numeric", "gender": "categorical", "occupation": "categorical"}},
 }  # fmt: skip
