@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[trainer,query,index,dev]'
 	touch $(STAMP)
 
-# Train on MovieLens if no bundle exists, start the three services, print Recommend(42, 10), serve until Ctrl-C.
+# Train if no bundle exists (on DATA_DIR: any layout of the README's "Data layouts"; ML100K_DIR also works;
+# neither: MovieLens 100k, downloaded once; TRAIN_ARGS: more trainer flags), start the three services,
+# print Recommend(42, 10), serve until Ctrl-C.
 run: venv
 	$(PY) scripts/run_stack.py
 

@@ -1,9 +1,11 @@
 """Runs the whole system locally: train if needed, start the three services, answer a request.
 
 ``make run`` calls this inside the project's virtual environment. It trains a
-bundle when ``--model-base`` holds none (reading MovieLens from ``ML100K_DIR``,
-else downloading it once), starts the query, index and gateway services as
-local processes, waits until all report SERVING, prints
+bundle when ``--model-base`` holds none (reading the data folder ``--data-dir``
+[env DATA_DIR, else ML100K_DIR], in any layout the trainer reads, else
+downloading MovieLens 100k once; ``TRAIN_ARGS`` adds trainer flags), starts
+the query, index and gateway services as local processes, waits until all
+report SERVING, prints
 ``Recommend(user_id=42, k=10)``, and keeps serving until Ctrl-C, when it stops
 all three.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -31,6 +34,10 @@ SERVICES = (("query_service", 50052), ("index_service", 50053), ("gateway", 5005
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-base", default=os.environ.get("MODEL_BASE", str(REPO / "models" / "movielens")))
+    parser.add_argument("--data-dir", default=os.environ.get("DATA_DIR") or os.environ.get("ML100K_DIR"),
+                        help="data folder to train on when there is no bundle [env DATA_DIR, else ML100K_DIR]")
+    parser.add_argument("--train-args", default=os.environ.get("TRAIN_ARGS", ""),
+                        help="more trainer flags, e.g. '--format generic --max-bad-rows 10' [env TRAIN_ARGS]")
     parser.add_argument("--user-id", default="42")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--once", action="store_true", help="stop after printing the answer (for scripts)")
@@ -40,8 +47,9 @@ def main() -> int:
                MODEL_BASE=args.model_base, OPENBLAS_NUM_THREADS="1", LOG_FORMAT=os.environ.get("LOG_FORMAT", "text"))
     if not bundle.version_dirs(args.model_base):
         print(f"no model bundle in {args.model_base}: training one", flush=True)
-        subprocess.run([sys.executable, "-m", "trainer", "train", "--model-base", args.model_base],
-                       env=env, cwd=REPO, check=True)
+        data = ["--data-dir", args.data_dir] if args.data_dir else []
+        subprocess.run([sys.executable, "-m", "trainer", "train", "--model-base", args.model_base, *data,
+                        *shlex.split(args.train_args)], env=env, cwd=REPO, check=True)
 
     log_dir = REPO / "logs"
     log_dir.mkdir(exist_ok=True)

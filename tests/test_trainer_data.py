@@ -12,6 +12,7 @@ import pytest
 
 from trainer import data
 from trainer.data import DataError
+from trainer.readers import download
 
 
 @pytest.fixture
@@ -160,11 +161,14 @@ def test_official_archive_checksum_is_pinned() -> None:
 
 def test_data_dir_resolution_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, archive: tuple[Path, str]) -> None:
     monkeypatch.setenv("ML100K_DIR", str(tmp_path / "from-env"))
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "from-data-dir"))
     assert data.resolve_data_dir(tmp_path / "flag") == tmp_path / "flag"
+    assert data.resolve_data_dir(None) == tmp_path / "from-data-dir"
+    monkeypatch.delenv("DATA_DIR")
     assert data.resolve_data_dir(None) == tmp_path / "from-env"
     monkeypatch.delenv("ML100K_DIR")
     path, md5 = archive
-    monkeypatch.setattr(data, "ML100K_URL", path.as_uri())
-    monkeypatch.setattr(data, "ML100K_MD5", md5)
+    monkeypatch.setattr(download, "ML100K_URL", path.as_uri())
+    monkeypatch.setattr(download, "ML100K_MD5", md5)
     monkeypatch.setenv("RECSYS_CACHE_DIR", str(tmp_path / "cache"))
     assert data.resolve_data_dir(None) == tmp_path / "cache" / "ml-100k"
