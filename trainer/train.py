@@ -52,6 +52,8 @@ from trainer.warm_start import ease_warm_start
 
 EARLY_STOPPING_METRIC = "val_hr_score"
 TEST_USERS = 20_000  # the offline evaluation scores at most this many test users (a seeded sample)
+# ... and at most this many user x item scores per pass (validation runs two passes per epoch).
+SCORES_PER_EVALUATION = 10**9
 EMBED_BATCH = 8192
 
 
@@ -167,6 +169,12 @@ class ValidationHitRate(keras.callbacks.Callback):
             f"epoch {epoch + 1}: validation HR@10 {hr[9]:.4f}  HR@100 {hr[99]:.4f} (seen excluded); "
             f"all ranked {hr_all[9]:.4f} / {hr_all[99]:.4f} ({len(self._user_rows):,} users)"
         )
+
+
+def _users_to_score(limit: int, item_count: int) -> int:
+    """At most ``limit`` users, and fewer for a catalog so large that they would cost
+    more than SCORES_PER_EVALUATION scores (1,000 users at a million items)."""
+    return max(100, min(limit, SCORES_PER_EVALUATION // max(item_count, 1)))
 
 
 def held_out_set(
@@ -297,7 +305,7 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
     if len(split.validation):
         val_users, val_items, _ = _interactions(ds, split.validation)
         val_set, val_rows = held_out_set(val_users, val_items, fit_log.seen, fit_log.item_probability,
-                                         config.validation_users, config.seed)
+                                         _users_to_score(config.validation_users, item_count), config.seed)
         validation = ValidationHitRate(towers, fit_log.seen, val_rows, val_set, log)
         callbacks = [
             validation,
@@ -371,7 +379,8 @@ def train(ds: Dataset, config: TrainConfig, model_base: Path, verbose: int = 2, 
     report = None
     if len(split.test):
         test_users, test_items, _ = _interactions(ds, split.test)
-        test_set, test_rows = held_out_set(test_users, test_items, train_seen, popularity, TEST_USERS, config.seed)
+        test_set, test_rows = held_out_set(test_users, test_items, train_seen, popularity,
+                                           _users_to_score(TEST_USERS, len(ds.items)), config.seed)
         vectors = towers.user_vectors(train_seen, test_rows)  # what serving_default returns for them
         report = ev.evaluate(vectors, item_vectors, test_set)
         log(ev.format_table(report))
