@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -53,7 +54,7 @@ from trainer.warm_start import ease_warm_start
 EARLY_STOPPING_METRIC = "val_hr_score"
 TEST_USERS = 20_000  # the offline evaluation scores at most this many test users (a seeded sample)
 # ... and at most this many user x item scores per pass (validation runs two passes per epoch).
-SCORES_PER_EVALUATION = 10**9
+SCORES_PER_EVALUATION = 250_000_000
 EMBED_BATCH = 8192
 
 
@@ -99,8 +100,7 @@ class Towers:
 
     def item_vectors(self) -> np.ndarray:
         """The candidate tower over the catalog: float32 [items, dim]."""
-        count = len(next(iter(self.item_columns.values()))) if self.item_columns else None
-        count = count if count is not None else self.candidate.item_embedding.input_dim - 1
+        count = self.candidate.item_embedding.input_dim - 1  # row 0 is the unknown item
         parts = []
         for start in range(0, count, EMBED_BATCH):
             rows = np.arange(start, min(start + EMBED_BATCH, count))
@@ -173,7 +173,7 @@ class ValidationHitRate(keras.callbacks.Callback):
 
 def _users_to_score(limit: int, item_count: int) -> int:
     """At most ``limit`` users, and fewer for a catalog so large that they would cost
-    more than SCORES_PER_EVALUATION scores (1,000 users at a million items)."""
+    more than SCORES_PER_EVALUATION scores (250 users at a million items)."""
     return max(100, min(limit, SCORES_PER_EVALUATION // max(item_count, 1)))
 
 
@@ -431,8 +431,6 @@ def train(ds: Dataset, config: TrainConfig, model_base: Path, verbose: int = 2, 
     log(f"run: {seconds:.0f} s, {rate:,.0f} interactions/s over the whole run (reading and export included), "
         f"peak RSS {_peak_rss_bytes() / 2**30:.2f} GiB")
     if not chief:
-        import shutil
-
         shutil.rmtree(model_base, ignore_errors=True)
         bundle = None
     return TrainResult(bundle=bundle, report=report, interactions_per_second=rate)
