@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trainer.dataset import CATEGORICAL, MULTI, NUMERIC, TEXT, Csr, Dataset, Feature, Interactions, Table
-from trainer.readers.tables import DataError, files_sha256
+from trainer.readers.tables import DataError, GrowingDictionary, files_sha256
 
 # Title tokens: runs of lower-case letters and digits (the rest separates them).
 TOKEN_SEPARATOR_PATTERN = r"[^a-z0-9]+"
@@ -38,23 +38,29 @@ def encode_ids(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarr
     Codes index the distinct ids, which are sorted (numerically for integer
     ids), so the numbering does not depend on the order of the file.
     """
-    if isinstance(values, pa.ChunkedArray) and pa.types.is_integer(values.type):
-        ids = values.to_numpy()
-        low, high = (int(ids.min()), int(ids.max())) if len(ids) else (0, -1)
-        # A lookup table over the id range is several times faster than hashing (ids are dense in practice).
-        if high - low < max(1 << 20, 4 * len(ids)):
+    if isinstance(values, pa.ChunkedArray) and pa.types.is_integer(values.type) and len(values):
+        extremes = pc.min_max(values)
+        low, high = extremes["min"].as_py(), extremes["max"].as_py()
+        # A lookup table over the id range is several times faster than hashing (ids are dense in
+        # practice); chunk by chunk, so no temporary array is as long as the log.
+        if high - low < max(1 << 20, 4 * len(values)):
             present = np.zeros(high - low + 1, dtype=bool)
-            present[ids - low] = True
+            for chunk in values.chunks:
+                present[chunk.to_numpy() - low] = True
             distinct = np.flatnonzero(present)
             lookup = np.zeros(len(present), dtype=np.int32)
             lookup[distinct] = np.arange(len(distinct), dtype=np.int32)
-            return lookup[ids - low], (distinct + low).astype(str)
+            codes, start = np.empty(len(values), dtype=np.int32), 0
+            for chunk in values.chunks:
+                codes[start : start + len(chunk)] = lookup[chunk.to_numpy() - low]
+                start += len(chunk)
+            return codes, (distinct + low).astype(str)
     if isinstance(values, pa.ChunkedArray):
         if pa.types.is_dictionary(values.type):
-            values = values.unify_dictionaries()
-            dictionary = values.chunk(0).dictionary if values.num_chunks else pa.array([], pa.string())
-            indices = pa.chunked_array([c.indices for c in values.chunks], pa.int32())
-            values = pa.DictionaryArray.from_arrays(indices.combine_chunks(), dictionary)
+            merged = GrowingDictionary()
+            for chunk in values.chunks:
+                merged.add_encoded(chunk.cast(pa.dictionary(pa.int32(), pa.string())))
+            values = merged.column()
         else:
             values = pc.dictionary_encode(values.combine_chunks())
     elif not pa.types.is_dictionary(values.type):
@@ -106,7 +112,9 @@ def categorical_feature(name: str, values: pa.Array, vocab: Sequence[str] | None
     return Feature(name, CATEGORICAL, vocab, codes=_codes_in(values, vocab))
 
 
-def _list_feature(name: str, kind: str, lists: pa.ListArray, vocab: Sequence[str] | None, ignore: Sequence[str]) -> Feature:
+def _list_feature(
+    name: str, kind: str, lists: pa.ListArray, vocab: Sequence[str] | None, ignore: Sequence[str]
+) -> Feature:
     """A list column -> Csr of codes, dropping blank and ``ignore`` entries."""
     lists = pc.fill_null(lists, pa.scalar([], lists.type)) if lists.null_count else lists
     offsets = lists.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -114,7 +122,8 @@ def _list_feature(name: str, kind: str, lists: pa.ListArray, vocab: Sequence[str
     flat = _present(lists.flatten())
     keep = pc.is_valid(flat)
     if ignore:
-        keep = pc.and_(keep, pc.invert(pc.fill_null(pc.is_in(flat, value_set=pa.array(list(ignore), pa.string())), False)))
+        ignored = pc.fill_null(pc.is_in(flat, value_set=pa.array(list(ignore), pa.string())), False)
+        keep = pc.and_(keep, pc.invert(ignored))
     keep_np = keep.to_numpy(zero_copy_only=False)
     kept = flat.filter(keep)
     if vocab is None:
@@ -153,7 +162,8 @@ def flags_feature(name: str, flags: np.ndarray, vocab: Sequence[str]) -> Feature
     """A 0/1 matrix [rows, len(vocab)] (e.g. u.item's genre flags) -> a multi feature in vocab order."""
     rows, columns = np.nonzero(flags)
     splits = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(flags)))]).astype(np.int64)
-    return Feature(name, MULTI, np.asarray(vocab, dtype=str), lists=Csr(splits=splits, values=(columns + 1).astype(np.int32)))
+    codes = (columns + 1).astype(np.int32)
+    return Feature(name, MULTI, np.asarray(vocab, dtype=str), lists=Csr(splits=splits, values=codes))
 
 
 def with_missing_rows(table: Table, new_ids: np.ndarray) -> Table:
@@ -177,15 +187,36 @@ def with_missing_rows(table: Table, new_ids: np.ndarray) -> Table:
 # --------------------------------------------------------------------------- the data set
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Log:
-    """The interactions as read: id columns (any type) and optional time and weight columns."""
+    """The interactions as read: id columns (any type) and optional time and weight columns.
+
+    Not frozen: build_dataset drops each id column once it is coded, so that the
+    strings or raw ids do not stay alive beside the codes.
+    """
 
     path: Path
-    users: pa.ChunkedArray
-    items: pa.ChunkedArray
+    users: pa.ChunkedArray | None
+    items: pa.ChunkedArray | None
     timestamps: np.ndarray | None = None  # int64 seconds
     weights: np.ndarray | None = None  # float32
+
+
+def log_columns(path: Path, table: pa.Table, *names: str | None) -> list[pa.ChunkedArray | None]:
+    """The named columns of a freshly read log (None for a None name); DataError if it has no rows.
+
+    The caller then drops the table, so that the columns not taken (a rating, checked but not
+    kept) are freed before the timestamps are copied out.
+    """
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no interactions")
+    return [table.column(name) if name else None for name in names]
+
+
+def to_numpy(column: pa.ChunkedArray | None) -> np.ndarray | None:
+    """A log column without nulls as one contiguous numpy array (None stays None)."""
+    _release_arrow_memory()  # the columns the caller just dropped, before this copy adds to the peak
+    return None if column is None else column.to_numpy()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +251,8 @@ def _join(
         named = ", ".join(repr(x) for x in distinct[unknown[:SHOWN_IDS]].tolist())
         more = f" and {len(unknown) - SHOWN_IDS} more" if len(unknown) > SHOWN_IDS else ""
         raise DataError(
-            f"{log_path}: {len(unknown)} {role} ids are not in {catalog.path}: {named}{more} "
+            f"{log_path}: {len(unknown)} {role} {'ids are' if len(unknown) > 1 else 'id is'} not in "
+            f"{catalog.path}: {named}{more} "
             f"(the first in data row {first_row}); add them to {catalog.path.name}, or pass {flag} "
             f"to train them as {role}s without features"
         )
@@ -229,6 +261,11 @@ def _join(
         rows[unknown] = len(table) + np.arange(len(unknown), dtype=np.int32)
         table = with_missing_rows(table, distinct[unknown])
     return rows[codes], table, len(unknown)
+
+
+def _release_arrow_memory() -> None:
+    """Returns freed pyarrow buffers to the system now (the allocator would keep them a while)."""
+    pa.default_memory_pool().release_unused()
 
 
 def build_dataset(
@@ -249,12 +286,16 @@ def build_dataset(
     of first appearance, without features.
     """
     user_codes, user_ids = encode_ids(log.users)
+    log.users = None
+    _release_arrow_memory()
     user_rows, user_table, unknown_users = _join(
         user_codes, user_ids, users, role="user", log_path=log.path,
         allow_unknown=allow_unknown_users, flag="--allow-unknown-users",
     )  # fmt: skip
     del user_codes
     item_codes, item_ids = encode_ids(log.items)
+    log.items = None
+    _release_arrow_memory()
     item_rows, item_table, unknown_items = _join(
         item_codes, item_ids, items, role="item", log_path=log.path,
         allow_unknown=allow_unknown_items, flag="--allow-unknown-items",
