@@ -50,7 +50,7 @@ from trainer.synthetic_log import LogConfig
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 ML25M_USERS, ML25M_ITEMS, ML25M_INTERACTIONS = 162_541, 62_423, 25_000_095
-SIZES = (1_000_000, 5_000_000, 25_000_000)
+SIZES = (1_000_000, 5_000_000, ML25M_INTERACTIONS)  # the last is ML-25M exactly: 162,541 users
 TARGET_PEAK_GB = 8.0
 TARGET_RATE = 50_000
 POLL_SECONDS = 0.2
@@ -410,7 +410,7 @@ def _int_list(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=_int_list, default=list(SIZES), metavar="N1,N2,...",
-                        help="log sizes in interactions (default 1000000,5000000,25000000)")
+                        help="log sizes in interactions (default 1000000,5000000,25000095)")
     parser.add_argument("--items", type=int, default=ML25M_ITEMS, help="catalog size of those logs (default %(default)s)")
     parser.add_argument("--layout", default="ml-25m", choices=("ml-25m", "ml-100k"),
                         help="layout of the generated logs (ml-100k: for the trainer before it reads ML-25M)")
@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"--model-base <tmp> {' '.join(args.train_arg)}".strip(),
         "runs": [],
     }
-    plan = [(f"ml-25m shape, {n / 1e6:g}M", users_for(n), args.items, n) for n in args.sizes]
+    plan = [(f"ml-25m shape, {n / 1e6:.0f}M", users_for(n), args.items, n) for n in args.sizes]
     if not args.skip_1m_items:
         plan.append(("1M items", 100_000, 1_000_000, 10_000_000))
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
