@@ -12,8 +12,10 @@ Generates a folder per layout in a temporary directory (or --work-dir, kept):
   feature, schema.yaml.
 
 Each folder is then read by ``trainer.readers.read_folder`` in a fresh
-process, which reports wall and CPU seconds of the read and its peak resident
-memory (``ru_maxrss``) against the process's resident memory before reading.
+process, which reports wall and CPU seconds of the read (CPU: all threads) and
+its peak resident memory against its resident memory before reading. The
+machine's load average is recorded too: on a shared machine wall time
+stretches, CPU time much less.
 Prints the figures and writes them to bench/results/read_speed.json.
 """
 
@@ -39,16 +41,20 @@ USERS, MOVIES, MOVIE_ID_RANGE = 162_541, 62_423, 209_171  # MovieLens 25M
 GENRES = ("Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
           "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")  # fmt: skip
 
+# Memory from /proc/self/status: VmHWM is this process's peak RSS (ru_maxrss would carry the
+# parent's peak across fork + exec).
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 from trainer.readers import read_folder
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def status(field):
+    line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+base = status("VmRSS")
 wall, cpu = time.perf_counter(), time.process_time()
 dataset = read_folder(Path(sys.argv[1]))
 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-print(json.dumps({"wall_s": wall, "cpu_s": cpu, "rss_before_bytes": base,
-                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+print(json.dumps({"wall_s": wall, "cpu_s": cpu, "rss_before_bytes": base, "peak_rss_bytes": status("VmHWM"),
                   "interactions": len(dataset.interactions), "users": len(dataset.users), "items": len(dataset.items),
                   "layout": dataset.layout}))
 """

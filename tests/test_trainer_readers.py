@@ -567,3 +567,17 @@ def test_the_readme_generic_example_reads(tmp_path: Path) -> None:
     assert dataset.item_titles[0] == "Trail Shoe, Pro" and dataset.genres == ("indoor", "outdoor", "running")
     assert [f.name for f in dataset.items.features] == ["categories", "brand", "description", "price"]
     assert value_of(dataset.users, "age", 1) is None and value_of(dataset.items, "price", 3) is None
+
+
+def test_a_spreadsheet_bom_and_gzip_are_read(tmp_path: Path) -> None:
+    import gzip
+
+    folder = tmp_path / "bom"
+    folder.mkdir()
+    (folder / "interactions.csv").write_bytes("\ufeffuser_id,item_id\nü,b\n".encode("utf-8"))
+    dataset = read_folder(folder)
+    assert dataset.users.ids.tolist() == ["ü"] and dataset.items.ids.tolist() == ["b"]
+    (folder / "interactions.csv").unlink()
+    with gzip.open(folder / "interactions.tsv.gz", "wt") as f:
+        f.write('user_id\titem_id\n"u\tx\n')
+    assert read_folder(folder).users.ids.tolist() == ['"u']  # .tsv: no quoting

@@ -38,17 +38,23 @@ def encode_ids(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarr
     Codes index the distinct ids, which are sorted (numerically for integer
     ids), so the numbering does not depend on the order of the file.
     """
-    if isinstance(values, pa.ChunkedArray) and pa.types.is_integer(values.type):
-        ids = values.to_numpy()
-        low, high = (int(ids.min()), int(ids.max())) if len(ids) else (0, -1)
-        # A lookup table over the id range is several times faster than hashing (ids are dense in practice).
-        if high - low < max(1 << 20, 4 * len(ids)):
+    if isinstance(values, pa.ChunkedArray) and pa.types.is_integer(values.type) and len(values):
+        extremes = pc.min_max(values)
+        low, high = extremes["min"].as_py(), extremes["max"].as_py()
+        # A lookup table over the id range is several times faster than hashing (ids are dense in
+        # practice); chunk by chunk, so no temporary array is as long as the log.
+        if high - low < max(1 << 20, 4 * len(values)):
             present = np.zeros(high - low + 1, dtype=bool)
-            present[ids - low] = True
+            for chunk in values.chunks:
+                present[chunk.to_numpy() - low] = True
             distinct = np.flatnonzero(present)
             lookup = np.zeros(len(present), dtype=np.int32)
             lookup[distinct] = np.arange(len(distinct), dtype=np.int32)
-            return lookup[ids - low], (distinct + low).astype(str)
+            codes, start = np.empty(len(values), dtype=np.int32), 0
+            for chunk in values.chunks:
+                codes[start : start + len(chunk)] = lookup[chunk.to_numpy() - low]
+                start += len(chunk)
+            return codes, (distinct + low).astype(str)
     if isinstance(values, pa.ChunkedArray):
         if pa.types.is_dictionary(values.type):
             values = values.unify_dictionaries()
@@ -177,15 +183,36 @@ def with_missing_rows(table: Table, new_ids: np.ndarray) -> Table:
 # --------------------------------------------------------------------------- the data set
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Log:
-    """The interactions as read: id columns (any type) and optional time and weight columns."""
+    """The interactions as read: id columns (any type) and optional time and weight columns.
+
+    Not frozen: build_dataset drops each id column once it is coded, so that the
+    strings or raw ids do not stay alive beside the codes.
+    """
 
     path: Path
-    users: pa.ChunkedArray
-    items: pa.ChunkedArray
+    users: pa.ChunkedArray | None
+    items: pa.ChunkedArray | None
     timestamps: np.ndarray | None = None  # int64 seconds
     weights: np.ndarray | None = None  # float32
+
+
+def log_columns(path: Path, table: pa.Table, *names: str | None) -> list[pa.ChunkedArray | None]:
+    """The named columns of a freshly read log (None for a None name); DataError if it has no rows.
+
+    The caller then drops the table, so that the columns not taken (a rating, checked but not
+    kept) are freed before the timestamps are copied out.
+    """
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no interactions")
+    return [table.column(name) if name else None for name in names]
+
+
+def to_numpy(column: pa.ChunkedArray | None) -> np.ndarray | None:
+    """A log column without nulls as one contiguous numpy array (None stays None)."""
+    _release_arrow_memory()  # the columns the caller just dropped, before this copy adds to the peak
+    return None if column is None else column.to_numpy()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +258,11 @@ def _join(
     return rows[codes], table, len(unknown)
 
 
+def _release_arrow_memory() -> None:
+    """Returns freed pyarrow buffers to the system now (the allocator would keep them a while)."""
+    pa.default_memory_pool().release_unused()
+
+
 def build_dataset(
     layout: str,
     log: Log,
@@ -249,12 +281,16 @@ def build_dataset(
     of first appearance, without features.
     """
     user_codes, user_ids = encode_ids(log.users)
+    log.users = None
+    _release_arrow_memory()
     user_rows, user_table, unknown_users = _join(
         user_codes, user_ids, users, role="user", log_path=log.path,
         allow_unknown=allow_unknown_users, flag="--allow-unknown-users",
     )  # fmt: skip
     del user_codes
     item_codes, item_ids = encode_ids(log.items)
+    log.items = None
+    _release_arrow_memory()
     item_rows, item_table, unknown_items = _join(
         item_codes, item_ids, items, role="item", log_path=log.path,
         allow_unknown=allow_unknown_items, flag="--allow-unknown-items",

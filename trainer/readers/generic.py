@@ -46,9 +46,11 @@ from trainer.readers.assemble import (
     Log,
     build_dataset,
     categorical_feature,
+    log_columns,
     multi_feature,
     numeric_feature,
     text_feature,
+    to_numpy,
 )
 from trainer.readers.tables import (
     FLOAT32,
@@ -242,14 +244,14 @@ def read_log(path: Path, budget: BadRowBudget) -> Log:
     if WEIGHT in present:
         columns[WEIGHT] = Column(FLOAT32)
     table = _read(path, columns, budget, newlines_in_values=False)
-    if table.num_rows == 0:
-        raise DataError(f"{path}: no interactions")
-    timestamps = table.column(TIMESTAMP).to_numpy() if TIMESTAMP in columns else None
-    weights = table.column(WEIGHT).to_numpy() if WEIGHT in columns else None
+    optional = [name if name in columns else None for name in (TIMESTAMP, WEIGHT)]
+    users, items, stamps, weights = log_columns(path, table, USER_ID, ITEM_ID, *optional)
+    del table
+    weights = to_numpy(weights)
     if weights is not None and not np.isfinite(weights).all():
         row = int(np.flatnonzero(~np.isfinite(weights))[0])
         raise DataError(f"{path}: data row {row + 1}: weight {weights[row]} is not a finite number")
-    return Log(path, table.column(USER_ID), table.column(ITEM_ID), timestamps=timestamps, weights=weights)
+    return Log(path, users, items, timestamps=to_numpy(stamps), weights=weights)
 
 
 def read_table(spec: TableSpec, id_column: str, budget: BadRowBudget, notes: list[str]) -> Catalog | None:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from trainer.dataset import MAX_GENRES, Dataset, Table
 from trainer.readers import movielens
-from trainer.readers.assemble import Catalog, Log, build_dataset, flags_feature
+from trainer.readers.assemble import Catalog, Log, build_dataset, flags_feature, log_columns, to_numpy
 from trainer.readers.tables import INT32, INT64, STRING, BadRowBudget, Column, DataError, Delimited, read_delimited
 
 LAYOUT = "ml-100k"
@@ -99,9 +99,9 @@ def read_ratings(path: Path, budget: BadRowBudget) -> Log:
     layout = Delimited(delimiter="\t", header=False, names=("user", "item", "rating", "timestamp"), quoting=False)
     columns = {"user": Column(INT32), "item": Column(INT32), "rating": Column(INT32), "timestamp": Column(INT64)}
     table = read_delimited(path, layout, columns, budget)
-    if table.num_rows == 0:
-        raise DataError(f"{path}: no ratings")
-    return Log(path, table.column("user"), table.column("item"), timestamps=table.column("timestamp").to_numpy())
+    users, items, stamps = log_columns(path, table, "user", "item", "timestamp")
+    del table  # frees the rating column before the timestamps are copied
+    return Log(path, users, items, timestamps=to_numpy(stamps))
 
 
 def read(

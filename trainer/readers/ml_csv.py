@@ -20,7 +20,7 @@ import numpy as np
 
 from trainer.dataset import Dataset, Table
 from trainer.readers import movielens
-from trainer.readers.assemble import Catalog, Log, build_dataset, multi_feature
+from trainer.readers.assemble import Catalog, Log, build_dataset, log_columns, multi_feature, to_numpy
 from trainer.readers.ml_dat import NO_GENRES
 from trainer.readers.tables import FLOAT32, INT32, INT64, STRING, BadRowBudget, Column, DataError, Delimited, read_delimited
 
@@ -33,9 +33,9 @@ def read_ratings(path: Path, budget: BadRowBudget) -> Log:
     """ratings.csv; the rating is checked to be a number and not kept (every rating is one interaction)."""
     columns = {"userId": Column(INT32), "movieId": Column(INT32), "rating": Column(FLOAT32), "timestamp": Column(INT64)}
     table = read_delimited(path, Delimited(), columns, budget)
-    if table.num_rows == 0:
-        raise DataError(f"{path}: no ratings")
-    return Log(path, table.column("userId"), table.column("movieId"), timestamps=table.column("timestamp").to_numpy())
+    users, items, stamps = log_columns(path, table, "userId", "movieId", "timestamp")
+    del table  # frees the rating column before the timestamps are copied
+    return Log(path, users, items, timestamps=to_numpy(stamps))
 
 
 def read_movies(path: Path, budget: BadRowBudget) -> Catalog:

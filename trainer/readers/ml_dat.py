@@ -28,7 +28,15 @@ import pyarrow as pa
 
 from trainer.dataset import Dataset, Table
 from trainer.readers import movielens
-from trainer.readers.assemble import Catalog, Log, build_dataset, categorical_feature, multi_feature
+from trainer.readers.assemble import (
+    Catalog,
+    Log,
+    build_dataset,
+    categorical_feature,
+    log_columns,
+    multi_feature,
+    to_numpy,
+)
 from trainer.readers.tables import (
     EMPTY,
     FLOAT32,
@@ -74,14 +82,11 @@ def read_double_colon(path: Path, columns: dict[str, Column], budget: BadRowBudg
 
 def read_ratings(path: Path, budget: BadRowBudget) -> Log:
     """ratings.dat; the rating is checked to be a number and not kept (every rating is one interaction)."""
-    table = read_double_colon(
-        path,
-        {"user": Column(INT32), "item": Column(INT32), "rating": Column(FLOAT32), "timestamp": Column(INT64)},
-        budget,
-    )
-    if table.num_rows == 0:
-        raise DataError(f"{path}: no ratings")
-    return Log(path, table.column("user"), table.column("item"), timestamps=table.column("timestamp").to_numpy())
+    columns = {"user": Column(INT32), "item": Column(INT32), "rating": Column(FLOAT32), "timestamp": Column(INT64)}
+    table = read_double_colon(path, columns, budget)
+    users, items, stamps = log_columns(path, table, "user", "item", "timestamp")
+    del table  # frees the rating column before the timestamps are copied
+    return Log(path, users, items, timestamps=to_numpy(stamps))
 
 
 def _decode(path: Path) -> str:

@@ -15,6 +15,7 @@ row is then either an error naming ``file:line`` and the reason, or, within
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import re
@@ -118,21 +119,25 @@ class Delimited:
 
 
 def header_names(path: Path, layout: Delimited) -> list[str]:
-    """The column names of a file with a header line."""
+    """The column names of a file with a header line (its first line; .gz files are decompressed).
+
+    Read here rather than with pyarrow's streaming reader, which would start reading the whole
+    file ahead in the background.
+    """
     try:
-        reader = pa_csv.open_csv(
-            path,
-            read_options=pa_csv.ReadOptions(encoding=layout.encoding, block_size=1 << 16),
-            parse_options=_parse_options(layout, lambda row: "skip"),  # rows are checked by the read itself
-            convert_options=pa_csv.ConvertOptions(column_types={}, strings_can_be_null=False),
-        )
+        with pa.input_stream(str(path), compression="detect") as stream:
+            first = stream.read(1 << 20).split(b"\n", 1)[0]
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: unreadable header ({exc})") from exc
-    names = reader.schema.names
-    reader.close()
-    return names
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from exc
+    try:
+        text = first.decode(layout.encoding).rstrip("\r\n").removeprefix("\ufeff")  # spreadsheets' UTF-8 BOM
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: the header line is not {layout.encoding} text ({exc})") from exc
+    if layout.quoting:
+        return next(csv.reader([text], delimiter=layout.delimiter), [])
+    return text.split(layout.delimiter) if text else []
 
 
 def read_delimited(path: Path, layout: Delimited, columns: Mapping[str, Column], budget: BadRowBudget) -> pa.Table:
@@ -151,7 +156,8 @@ def read_delimited(path: Path, layout: Delimited, columns: Mapping[str, Column],
             f"{path}: no column {', '.join(repr(m) for m in missing)} (the file has: {', '.join(names)}); "
             f"expected columns {', '.join(columns)}"
         )
-    table = _read_fast(path, layout, columns)
+    streaming = any(column.kind == ID for column in columns.values())
+    table = (_read_streaming if streaming else _read_fast)(path, layout, columns)
     if table is None:
         table = _read_checked(path, layout, columns, budget)
     return table.drop_columns([name for name, column in columns.items() if column.kind == EMPTY])
@@ -206,6 +212,81 @@ def _read_fast(path: Path, layout: Delimited, columns: Mapping[str, Column]) -> 
         elif column.required and column.kind != EMPTY and values.null_count:
             return None
     return table
+
+
+class _GrowingDictionary:
+    """Codes string values batch by batch against one dictionary that grows as new values appear.
+
+    Each batch is dictionary-encoded on its own and only its distinct values are looked up in
+    the dictionary so far, so memory holds the int32 codes and each distinct id once.
+    """
+
+    def __init__(self) -> None:
+        self.values = pa.array([], pa.string())
+        self.codes: list[np.ndarray] = []
+
+    def add(self, batch_values: pa.Array) -> None:
+        encoded = pc.dictionary_encode(batch_values)
+        local = encoded.dictionary
+        found = pc.fill_null(pc.index_in(local, value_set=self.values), -1).to_numpy(zero_copy_only=False)
+        new = found < 0
+        if new.any():
+            found = found.astype(np.int32)
+            found[new] = len(self.values) + np.arange(int(new.sum()), dtype=np.int32)
+            self.values = pa.concat_arrays([self.values, local.filter(pa.array(new))])
+        self.codes.append(found.astype(np.int32, copy=False)[encoded.indices.to_numpy(zero_copy_only=False)])
+
+    def column(self) -> pa.DictionaryArray:
+        codes = np.concatenate(self.codes) if self.codes else np.zeros(0, dtype=np.int32)
+        self.codes = []
+        return pa.DictionaryArray.from_arrays(pa.array(codes), self.values)
+
+
+def _read_streaming(path: Path, layout: Delimited, columns: Mapping[str, Column]) -> pa.Table | None:
+    """Like _read_fast, batch by batch, for logs with string ids: each batch's ids become int32
+    codes before the next batch is parsed, so the strings of the whole log never coexist."""
+    invalid_rows = []
+
+    def on_invalid_row(row) -> str:
+        invalid_rows.append(row)
+        return "error"
+
+    types = {name: pa.string() if c.kind == ID else _FAST_TYPES[c.kind] for name, c in columns.items() if c.kind in _FAST_TYPES}
+    dictionaries = {name: _GrowingDictionary() for name, c in columns.items() if c.kind == ID}
+    chunks: dict[str, list[pa.Array]] = {name: [] for name in columns if name not in dictionaries}
+    try:
+        reader = pa_csv.open_csv(
+            path,
+            read_options=_read_options(layout, threads=True),
+            parse_options=_parse_options(layout, on_invalid_row),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=types, include_columns=list(columns), strings_can_be_null=True
+            ),
+        )
+        with reader:
+            for batch in reader:
+                for name, column in columns.items():
+                    values = batch.column(name)
+                    if column.kind == TIME:
+                        values = _fast_time(values)
+                        if values is None:
+                            return None
+                    elif column.required and column.kind != EMPTY and values.null_count:
+                        return None
+                    if name in dictionaries:
+                        dictionaries[name].add(values)
+                    else:
+                        chunks[name].append(values)
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        return None
+    out = {}
+    for name, column in columns.items():
+        if name in dictionaries:
+            out[name] = dictionaries[name].column()
+        else:
+            kind_type = pa.int64() if column.kind == TIME else _FAST_TYPES[column.kind]
+            out[name] = pa.chunked_array(chunks.pop(name), kind_type)
+    return pa.table(out)
 
 
 def _fast_time(values: pa.ChunkedArray) -> pa.ChunkedArray | None:
