@@ -15,6 +15,7 @@ from pathlib import Path
 
 from trainer.config import (
     AUTO,
+    BATCH_SIZES,
     CATALOG_SOFTMAX_MAX_ITEMS,
     EASE_MEMORY_BUDGET_BYTES,
     INITS,
@@ -56,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=train_defaults.epochs, help="maximum epochs (default %(default)s)")
     train.add_argument("--patience", type=int, default=train_defaults.patience,
                        help="epochs without validation improvement before stopping (default %(default)s)")
-    train.add_argument("--batch-size", type=int, default=train_defaults.batch_size, help="default %(default)s")
+    train.add_argument("--batch-size", type=int, default=None,
+                       help="default " + ", ".join(f"{v} with --negatives {k}" for k, v in BATCH_SIZES.items()))
     train.add_argument("--learning-rate", type=float, default=None,
                        help="AdamW; default " + ", ".join(f"{v:g} with --init {k}" for k, v in LEARNING_RATES.items()))
     train.add_argument("--weight-decay", type=float, default=train_defaults.weight_decay, help="AdamW, default %(default)s")
@@ -163,10 +165,11 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"{args.model_base} already holds version {max(versions)}; --if-missing: not training")
         return 0
 
-    for name in ("epochs", "batch_size", "embedding_dim", "history_length", "in_batch_negatives"):
+    for name in ("epochs", "embedding_dim", "history_length", "in_batch_negatives"):
         _positive(name.replace("_", "-"), getattr(args, name))
-    if args.learning_rate is not None:
-        _positive("learning-rate", args.learning_rate)
+    for name in ("learning_rate", "batch_size"):
+        if getattr(args, name) is not None:
+            _positive(name.replace("_", "-"), getattr(args, name))
     _positive("ease-lambda", args.ease_lambda)
     if args.ease_tau < 0:
         raise DataError(f"--ease-tau must be 0 or more, got {args.ease_tau}")

@@ -15,6 +15,9 @@ CATALOG_SOFTMAX_MAX_ITEMS = 20_000
 # inverse, B and its SVD); it is used only while they fit this budget (~11,000 items).
 EASE_MEMORY_BUDGET_BYTES = 4 * 2**30
 LEARNING_RATES = {"ease": 0.0001, "random": 0.005}  # the defaults for each start, tuned on ml-100k
+# The default batch for each kind of negatives: the catalog softmax was tuned at 1024 on
+# ml-100k; in-batch negatives get more of them, and a large log fewer steps, from a larger batch.
+BATCH_SIZES = {"catalog": 1024, "in_batch": 8192}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +49,7 @@ class TrainConfig:
     seed: int = 42
     epochs: int = 30
     patience: int = 3
-    batch_size: int = 1024
+    batch_size: int | None = None  # None: BATCH_SIZES[negatives]
     learning_rate: float | None = None  # None: LEARNING_RATES[init]
     weight_decay: float = 0.0
     refit: bool = True  # init "ease" and no epoch beats it: fit the warm start again on all training ratings

@@ -42,7 +42,7 @@ import tf_keras as keras
 from serving import ann
 from serving.bundle import EVALUATION, USER_TOWER, BundleStaging
 from trainer import evaluate as ev
-from trainer.config import LEARNING_RATES, ModelConfig, TrainConfig, choose_init, choose_negatives
+from trainer.config import BATCH_SIZES, LEARNING_RATES, ModelConfig, TrainConfig, choose_init, choose_negatives
 from trainer.dataset import Csr, Dataset
 from trainer.export import ITEM_TOWER, save_item_tower, save_user_tower
 from trainer.features import empty_columns, feature_columns, feature_specs, seen_csr
@@ -200,6 +200,7 @@ class Fitted:
     negatives: str
     init: str
     learning_rate: float
+    batch_size: int
     seconds: float
     interactions_trained: int  # examples passed through the model, over every epoch and worker
 
@@ -259,11 +260,12 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
     negatives = choose_negatives(config.model.negatives, item_count)
     init = choose_init(config.model.init, item_count)
     learning_rate = config.learning_rate or LEARNING_RATES[init]
+    batch_size = config.batch_size or BATCH_SIZES[negatives]
     model_config = dataclasses.replace(config.model, negatives=negatives, init=init)
     if init == "ease":  # the EASE factors are the history and item-id tables, passed through unchanged
         model_config = dataclasses.replace(model_config, history_dim=model_config.embedding_dim,
                                            item_id_dim=model_config.embedding_dim)
-    log(f"{item_count:,} items: negatives {negatives}, init {init}, learning rate {learning_rate:g}"
+    log(f"{item_count:,} items: negatives {negatives}, init {init}, learning rate {learning_rate:g}, batch {batch_size}"
         f"{' (auto)' if config.model.negatives == 'auto' or config.model.init == 'auto' else ''}")
 
     user_specs, item_specs = feature_specs(ds.users), feature_specs(ds.items)
@@ -306,12 +308,12 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
 
     def dataset_for(context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
         index = context.input_pipeline_id if context is not None else 0
-        batch = context.get_per_replica_batch_size(config.batch_size) if context is not None else config.batch_size
+        batch = context.get_per_replica_batch_size(batch_size) if context is not None else batch_size
         return make_dataset(fit_log, batch, model_config.history_length, model_config.history_dropout, config.seed,
                             config.epochs, with_seen=negatives == "catalog" and model_config.mask_seen,
                             shard=index, shards=shards)[0]
 
-    per_replica_batch = config.batch_size // shards if shards > 1 else config.batch_size
+    per_replica_batch = batch_size // shards if shards > 1 else batch_size
     steps = -(-(len(fit_log) // shards) // per_replica_batch)
     data = dataset_for() if strategy is None else strategy.distribute_datasets_from_function(dataset_for)
     fit_started = time.monotonic()
@@ -334,7 +336,7 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
                 train_users, train_items, _ = _interactions(ds, split.train)
                 _ease_init(ds, split.train, seen_csr(train_users, train_items, user_count), towers, config, log)
                 refit = True
-    return Fitted(towers, history, best_epoch, initial, refit, negatives, init, learning_rate,
+    return Fitted(towers, history, best_epoch, initial, refit, negatives, init, learning_rate, batch_size,
                   time.monotonic() - started, trained)
 
 
@@ -467,7 +469,7 @@ def _training_record(ds: Dataset, split: Split, config: TrainConfig, fitted: Fit
         "best_epoch": fitted.best_epoch,
         "refit": fitted.refit,
         "patience": config.patience,
-        "batch_size": config.batch_size,
+        "batch_size": fitted.batch_size,
         "learning_rate": fitted.learning_rate,
         "weight_decay": config.weight_decay,
         "optimizer": "AdamW",
