@@ -16,7 +16,7 @@ movies.csv with finite embeddings. Quality: the generator held out each of
 10,000 users' last interaction (``heldout.csv``, not in the log); the bundle's
 user tower embeds those users and HR@10 / HR@100 (seen items excluded, whole
 catalog ranked; ``trainer.evaluate``) of the model and of the bundle's
-popularity are compared.
+popularity are compared (not for the 1M-item catalog).
 
 Then the 1M-item log (``--preset 1m-items``: 100,000 users, 1,000,000 items,
 10M interactions) is trained the same way, and an index service is started
@@ -315,7 +315,7 @@ def targets(results: dict) -> list[dict]:
     full = [r for r in runs if r["interactions"] >= ML25M_INTERACTIONS]
     if full:
         r = full[-1]
-        rate, peak = r.get("interactions_per_s") or 0, r["peak_tree_rss_gb"]
+        rate, peak = r.get("interactions_per_s") or 0, peak_gb(r)
         rows.append({"target": "25M: finishes, publishes every item", "figure": str(r.get("bundle_check", {}).get("every_item_embedded", False)),
                      "met": r["exit_code"] == 0 and r.get("bundle_check", {}).get("every_item_embedded", False)})  # fmt: skip
         rows.append({"target": f"25M: peak RSS <= {TARGET_PEAK_GB:g} GB", "figure": f"{peak:.2f} GB", "met": peak <= TARGET_PEAK_GB})
@@ -335,6 +335,11 @@ def targets(results: dict) -> list[dict]:
                                f"served: {served}",
                      "met": r["exit_code"] == 0 and r.get("bundle_check", {}).get("every_item_embedded", False) and served})  # fmt: skip
     return rows
+
+
+def peak_gb(run: dict) -> float:
+    """The polled tree peak can miss a short spike that the kernel's ru_maxrss (one process) saw: the larger."""
+    return max(run["peak_tree_rss_gb"], run["ru_maxrss_gb"])
 
 
 def markdown(results: dict) -> str:
@@ -385,7 +390,7 @@ def chart(results: dict, path: Path) -> None:
     left.axhline(TARGET_RATE / 1e3, color="tab:red", linestyle="--", label="target")
     left.set_xlabel("log size (million interactions)")
     left.set_ylabel("thousand interactions / s (whole run)")
-    right.plot(sizes, [r["peak_tree_rss_gb"] for r in runs], "o-", label="peak RSS, process tree")
+    right.plot(sizes, [peak_gb(r) for r in runs], "o-", label="peak resident memory")
     right.axhline(TARGET_PEAK_GB, color="tab:red", linestyle="--", label="target")
     right.set_xlabel("log size (million interactions)")
     right.set_ylabel("GB")
