@@ -428,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-1m-items", action="store_true", help="skip the 1M-item run")
     parser.add_argument("--timeout", type=float, default=4 * 3600, help="per training run, seconds")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where train.{json,md,png} go (default %(default)s)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the runs already in <out>/train.json (other sizes), replacing those run again")
     parser.add_argument("--keep-models", type=Path, default=None, help="keep the bundles under this folder")
     parser.add_argument("--quality-of", type=Path, help=argparse.SUPPRESS)  # internal: the quality subprocess
     parser.add_argument("--heldout", type=Path, help=argparse.SUPPRESS)
@@ -449,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = [(f"ml-25m shape, {n / 1e6:.0f}M", users_for(n), args.items, n) for n in args.sizes]
     if not args.skip_1m_items:
         plan.append(("1M items", 100_000, 1_000_000, 10_000_000))
+    if args.append and (args.out / "train.json").is_file():
+        planned = {label for label, *_ in plan}
+        earlier = json.loads((args.out / "train.json").read_text())["runs"]
+        results["runs"] = [r for r in earlier if r["label"] not in planned]
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
         for label, users, items, interactions in plan:
@@ -464,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                     run["index"] = {"error": str(exc)[-2000:], "served": False}
                 log(f"  {run['index']}")
             results["runs"].append(run)
+            results["runs"].sort(key=lambda r: (r["items"], r["interactions"]))
             if args.keep_models and run.get("model_base"):
                 shutil.copytree(run["model_base"], args.keep_models / work.name, dirs_exist_ok=True)
             _write(results, args.out)  # after every run, so a later failure keeps the earlier figures
