@@ -124,6 +124,7 @@ def run_measured(command: list[str], log_path: Path, timeout: float) -> dict:
         wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     return {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() - wall)),
         "command": " ".join(command),
         "exit_code": proc.returncode,
         "wall_s": round(wall, 1),
