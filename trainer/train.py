@@ -171,6 +171,26 @@ class ValidationHitRate(keras.callbacks.Callback):
         )
 
 
+class ProgressLog(keras.callbacks.Callback):
+    """Every ``every`` seconds of an epoch: steps done of ``steps`` and interactions/s so far
+    (Keras' own verbose=2 prints once per epoch only, which is rare on a large log)."""
+
+    def __init__(self, steps: int, batch_size: int, log, every: float = 30.0):
+        super().__init__()
+        self._steps, self._batch, self._log, self._every = steps, batch_size, log, every
+        self._started = self._last = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = self._last = time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        now = time.monotonic()
+        if now - self._last >= self._every:
+            self._last = now
+            rate = (batch + 1) * self._batch / (now - self._started)
+            self._log(f"  step {batch + 1:,}/{self._steps:,}: {rate:,.0f} interactions/s, loss {float(logs['loss']):.1f}")
+
+
 def _users_to_score(limit: int, item_count: int) -> int:
     """At most ``limit`` users, and fewer for a catalog so large that they would cost
     more than SCORES_PER_EVALUATION scores (250 users at a million items)."""
@@ -324,6 +344,8 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
     per_replica_batch = batch_size // shards if shards > 1 else batch_size
     steps = -(-(len(fit_log) // shards) // per_replica_batch)
     data = dataset_for() if strategy is None else strategy.distribute_datasets_from_function(dataset_for)
+    if verbose == 2:  # not a terminal: no progress bar, so a line every 30 s
+        callbacks.insert(0, ProgressLog(steps, batch_size, log))
     fit_started = time.monotonic()
     history = model.fit(data, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=verbose).history
     fit_seconds = time.monotonic() - fit_started
