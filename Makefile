@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export OPENBLAS_NUM_THREADS := 1
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: run test test-fast tools protos venv bench clean
+.PHONY: run test test-fast tools protos venv bench bench-train clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,10 @@ protos: venv
 # The benchmark (needs h2load: apt-get install nghttp2-client); writes bench/results/.
 bench: venv
 	$(PY) -m bench
+
+# Training cost and quality at 1M/5M/25M interactions and a 1M-item catalog (synthetic logs; about an hour on 2 cores).
+bench-train: venv
+	$(PY) -m bench.train
 
 clean:
 	rm -rf $(VENV) logs .pytest_cache

@@ -11,6 +11,7 @@ model volume, resources and the pod security settings.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import shutil
 import subprocess
@@ -422,3 +423,126 @@ def test_containers_run_as_non_root_with_a_read_only_root_filesystem():
         for container in spec["containers"]:
             tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
             assert tmp, f"{workload}: no writable /tmp"
+
+
+# ---------------------------------------------------------------- multi-worker training (deploy/k8s/train-multiworker)
+
+MULTIWORKER = K8S / "train-multiworker"
+COMPLETION_INDEX_ANNOTATION = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+
+@functools.cache
+def _render_multiworker() -> tuple[dict, ...]:
+    listed = yaml.safe_load((MULTIWORKER / "kustomization.yaml").read_text())
+    docs = []
+    for resource in listed["resources"]:
+        docs += [doc for doc in yaml.safe_load_all((MULTIWORKER / resource).read_text()) if doc]
+    return tuple(docs)
+
+
+def multiworker(kind: str) -> dict:
+    [doc] = [d for d in _render_multiworker() if d["kind"] == kind]
+    return doc
+
+
+def expand(value: str, variables: dict[str, str]) -> str:
+    """The kubelet's $(VAR) expansion of an env value (variables defined earlier in the list)."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: variables.get(m.group(1), m.group(0)), value)
+
+
+def test_multiworker_kustomization_lists_every_manifest_and_the_namespace():
+    listed = yaml.safe_load((MULTIWORKER / "kustomization.yaml").read_text())
+    assert set(listed["resources"]) == {p.name for p in MULTIWORKER.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed["namespace"] == kustomization()["namespace"]
+    assert {i["name"] for i in listed["images"]} <= {i["name"] for i in kustomization()["images"]}
+
+
+@pytest.mark.parametrize("doc", _render_multiworker(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+def test_multiworker_manifest_is_valid_for_kubernetes(doc):
+    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_multiworker_job_is_indexed_and_its_pods_are_named_by_the_headless_service():
+    job, service = multiworker("Job"), multiworker("Service")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] >= 2
+    pod = spec["template"]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert pod["spec"]["subdomain"] == service["metadata"]["name"]
+    assert all(pod["metadata"]["labels"].get(k) == v for k, v in service["spec"]["selector"].items())
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def _worker_tf_configs() -> list[dict]:
+    """TF_CONFIG as each worker pod sees it: the Job's env with its completion index substituted."""
+    job = multiworker("Job")
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    configs = []
+    for index in range(job["spec"]["completions"]):
+        variables: dict[str, str] = {}
+        for entry in container["env"]:
+            if "value" in entry:
+                variables[entry["name"]] = expand(entry["value"], variables)
+            elif entry["valueFrom"].get("fieldRef", {}).get("fieldPath") == COMPLETION_INDEX_ANNOTATION:
+                variables[entry["name"]] = str(index)
+        configs.append(json.loads(variables["TF_CONFIG"]))
+    return configs
+
+
+def test_multiworker_tf_config_lists_every_worker_and_names_the_pods_own_index():
+    job, service = multiworker("Job"), multiworker("Service")
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    [port] = service["spec"]["ports"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}[port["targetPort"]] == port["port"]
+    name, subdomain = job["metadata"]["name"], service["metadata"]["name"]
+    # An Indexed Job's pod i has the hostname <job name>-<i>; under the subdomain it resolves as <host>.<service>.
+    expected = [f"{name}-{i}.{subdomain}:{port['port']}" for i in range(job["spec"]["completions"])]
+    configs = _worker_tf_configs()
+    assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in range(len(expected))]
+    for config in configs:
+        assert config["cluster"] == {"worker": expected}, "worker 0 is the chief; every pod must list the same cluster"
+
+
+def test_multiworker_tf_config_check_fails_on_a_wrong_index_source():
+    """A control: with the index taken from anywhere else, the pods would all claim index $(WORKER_INDEX)."""
+    job = yaml.safe_load(yaml.safe_dump(multiworker("Job")))
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    [index_entry] = [e for e in container["env"] if e["name"] == "WORKER_INDEX"]
+    index_entry["valueFrom"]["fieldRef"]["fieldPath"] = "metadata.name"
+    variables: dict[str, str] = {}
+    for entry in container["env"]:
+        if "value" in entry:
+            variables[entry["name"]] = expand(entry["value"], variables)
+    with pytest.raises(ValueError):
+        json.loads(variables["TF_CONFIG"])
+
+
+def test_multiworker_job_trains_from_the_data_claim_into_the_models_claim():
+    job = multiworker("Job")
+    spec = job["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    assert container["command"][:4] == ["python", "-m", "trainer", "train"]
+    volume, mount = _model_mount(spec, container)
+    assert volume["persistentVolumeClaim"]["claimName"] == one("PersistentVolumeClaim", "models")["metadata"]["name"]
+    assert not mount.get("readOnly")
+    assert effective_env(container)["MODEL_BASE"].startswith(mount["mountPath"].rstrip("/") + "/")
+    claim = multiworker("PersistentVolumeClaim")
+    [data_volume] = [v for v in spec["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]]
+    [data_mount] = [m for m in container["volumeMounts"] if m["name"] == data_volume["name"]]
+    assert data_mount["readOnly"] and data_volume["persistentVolumeClaim"]["readOnly"]
+    data_dir = container["command"][container["command"].index("--data-dir") + 1]
+    assert data_dir.startswith(data_mount["mountPath"].rstrip("/") + "/")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "every worker pod mounts it, on any node"
+
+
+def test_multiworker_pods_are_locked_down_like_the_others():
+    spec = multiworker("Job")["spec"]["template"]["spec"]
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0 and pod["fsGroup"] == pod["runAsUser"]
+    assert spec["enableServiceLinks"] is False and spec["automountServiceAccountToken"] is False
+    [container] = spec["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"])
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"]) and container["resources"]["limits"]["memory"]
+    assert container["image"].rsplit(":", 1)[0] in {i["name"] for i in kustomization()["images"]}

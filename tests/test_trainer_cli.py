@@ -68,12 +68,25 @@ def test_bad_flag_values_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_loss_flags_parse_and_are_validated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = cli.build_parser().parse_args(["train", "--negatives", "in_batch", "--no-mask-seen", "--user-id-dim", "16"])
-    assert (args.negatives, args.mask_seen, args.user_id_dim) == ("in_batch", False, 16)
+    args = cli.build_parser().parse_args(["train", "--negatives", "in_batch", "--no-mask-seen", "--history-length", "16"])
+    assert (args.negatives, args.mask_seen, args.history_length) == ("in_batch", False, 16)
     defaults = cli.build_parser().parse_args(["train"])
-    assert (defaults.negatives, defaults.mask_seen, defaults.user_id_dim) == ("catalog", True, 0)
-    assert cli.main(["train", "--user-id-dim", "-1", "--data-dir", str(tmp_path)]) == 2
-    assert "--user-id-dim must be 0 or more" in capsys.readouterr().err
+    assert (defaults.negatives, defaults.mask_seen, defaults.init) == ("auto", True, "auto")
+    assert cli.main(["train", "--history-length", "0", "--data-dir", str(tmp_path)]) == 2
+    assert "--history-length must be positive" in capsys.readouterr().err
+    assert cli.main(["train", "--history-dropout", "1", "--data-dir", str(tmp_path)]) == 2
+    assert "--history-dropout must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_automatic_choices_follow_the_catalog_size() -> None:
+    from trainer.config import CATALOG_SOFTMAX_MAX_ITEMS, choose_init, choose_negatives
+
+    assert choose_negatives("auto", 1682) == "catalog"
+    assert choose_negatives("auto", CATALOG_SOFTMAX_MAX_ITEMS + 1) == "in_batch"
+    assert choose_negatives("catalog", 10**6) == "catalog"  # a flag overrides
+    assert choose_init("auto", 1682) == "ease" and choose_init("auto", 3706) == "ease"  # ml-100k, ml-1m
+    assert choose_init("auto", 62_423) == "random"  # ml-25m: 4 x 62k² float64 would not fit
+    assert choose_init("ease", 62_423) == "ease"
 
 
 def test_evaluate_without_bundles_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -114,7 +127,7 @@ def test_train_with_test_fraction_zero_skips_evaluation(small_movielens_dir: Pat
     manifest = bundle.read_manifest(base / "1")
     bundle.verify_files(base / "1", manifest)
     assert (base / "1" / "evaluation" / "test_interactions.tsv").read_text() == "user_id\titem_id\n"
-    assert manifest.raw["training"]["ratings"]["test"] == 0
+    assert manifest.raw["training"]["interactions"]["test"] == 0
     assert sum(np.diff(bundle.load_users(base / "1", manifest).seen_indptr)) == len(
         (small_movielens_dir / "u.data").read_text().splitlines()
     )
@@ -145,29 +158,9 @@ def test_synthetic_bundle_is_valid(tmp_path: Path) -> None:
 def test_warm_start_flags_parse_and_are_validated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = cli.build_parser().parse_args(["train", "--init", "ease", "--ease-lambda", "300", "--init-balance", "1"])
     assert (args.init, args.ease_lambda, args.init_balance) == ("ease", 300.0, 1.0)
-    assert cli.build_parser().parse_args(["train"]).init == "ease"
     assert cli.main(["train", "--ease-lambda", "0", "--data-dir", str(tmp_path)]) == 2
     assert "--ease-lambda must be positive" in capsys.readouterr().err
     assert cli.main(["train", "--init-balance", "2", "--data-dir", str(tmp_path)]) == 2
     assert "--init-balance must be in [0, 1]" in capsys.readouterr().err
-
-
-def test_temporal_flags_parse_and_are_validated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = cli.build_parser().parse_args(["train", "--ease-tau", "60", "--history-tau", "20"])
-    assert (args.ease_tau, args.history_tau) == (60.0, 20.0)
     assert cli.main(["train", "--ease-tau", "-1", "--data-dir", str(tmp_path)]) == 2
     assert "--ease-tau must be 0 or more" in capsys.readouterr().err
-    assert cli.main(["train", "--history-tau", "-1", "--data-dir", str(tmp_path)]) == 2
-    assert "--history-tau must be 0 or more" in capsys.readouterr().err
-
-
-def test_fine_tune_flags_parse_and_are_validated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.build_parser().parse_args(["train"]).fine_tune == "all"
-    args = cli.build_parser().parse_args(["train", "--fine-tune", "side", "--side-l2", "0.5"])
-    assert (args.fine_tune, args.side_l2) == ("side", 0.5)
-    with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["train", "--fine-tune", "history"])
-    assert cli.main(["train", "--side-l2", "-1", "--data-dir", str(tmp_path)]) == 2
-    assert "--side-l2 must be 0 or more" in capsys.readouterr().err
-    assert cli.main(["train", "--fine-tune", "side", "--weight-decay", "0.01", "--data-dir", str(tmp_path)]) == 2
-    assert "--fine-tune side needs --weight-decay 0" in capsys.readouterr().err

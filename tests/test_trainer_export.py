@@ -28,19 +28,21 @@ def test_manifest_hashes_verify_and_fields_are_complete(published, small_moviele
     assert manifest.genres[0] == "unknown" and len(manifest.genres) == 19
     training = manifest.raw["training"]
     assert training["seed"] == 42 and training["test_fraction"] == 0.2 and training["epochs"] == 3
-    assert training["data_files"]["ratings"] == str(small_movielens_dir / "u.data")
+    assert training["data_files"]["interactions"] == str(small_movielens_dir / "u.data")
     assert len(training["data_sha256"]) == 64 and training["train_seconds"] > 0
     metrics = manifest.raw["metrics"]
     for protocol in ("all", "seen_excluded"):
         assert 0 <= metrics[f"model/{protocol}/hr@10"] <= 1
         assert 0 <= metrics[f"popularity/{protocol}/hr@10"] <= 1
-    assert set(f"factorized_top_k/top_{k}" for k in (1, 5, 10, 50, 100)) <= metrics.keys()
     for protocol in ("all", "seen_excluded"):  # early-stopping slice, at the kept epoch
         assert 0 <= metrics[f"validation/{protocol}/hr@10"] <= metrics[f"validation/{protocol}/hr@100"] <= 1
-    assert training["model"]["negatives"] == "catalog" and training["model"]["mask_seen"] is True
+    # An 80-item catalog: the exact catalog softmax and the EASE warm start, chosen automatically.
+    assert training["negatives"] == "catalog" and training["init"] == "ease" and training["model"]["mask_seen"] is True
+    assert training["interactions_per_second"] > 0 and training["peak_rss_bytes"] > 0
     # The kept warm start (best epoch 0) is refitted on all training ratings, a trained epoch is not.
     assert training["refit"] is (training["best_epoch"] == 0 and training["model"]["init"] == "ease")
     assert any(name.startswith("user_tower/") for name in manifest.files)
+    assert any(name.startswith("item_tower/") for name in manifest.files)
     assert "evaluation/report.json" in manifest.files
     # An 80-movie catalog is searched exactly; the choice is recorded for the index service.
     assert manifest.raw["scann"]["mode"] == "brute_force" and not manifest.raw["scann"]["serialized"]
@@ -83,6 +85,17 @@ def test_report_matches_the_manifest(published) -> None:
     bundle_dir, manifest = published
     report = json.loads((bundle_dir / "evaluation" / "report.json").read_text())
     assert report["model"]["seen_excluded"][9] == pytest.approx(manifest.raw["metrics"]["model/seen_excluded/hr@10"])
-    # Keras' FactorizedTopK ranks every movie for each test pair, like the "all" protocol.
-    assert report["model"]["all"][9] == pytest.approx(manifest.raw["metrics"]["factorized_top_k/top_10"], abs=0.02)
+    assert report["model"]["all"][99] == pytest.approx(manifest.raw["metrics"]["model/all/hr@100"])
     assert (bundle_dir / "evaluation" / "hr_at_k.png").stat().st_size > 1000
+
+
+def test_item_tower_signature_gives_the_item_embeddings(published) -> None:
+    import tensorflow as tf
+
+    bundle_dir, manifest = published
+    items = bundle.load_items(bundle_dir, manifest)
+    signature = tf.saved_model.load(str(bundle_dir / "item_tower")).signatures["serving_default"]
+    assert list(signature.structured_input_signature[1]) == ["item_id"]
+    out = signature(item_id=tf.constant([*items.ids[:5].tolist(), "no-such-item"]))["embedding"].numpy()
+    np.testing.assert_allclose(out[:5], items.embeddings[:5], rtol=1e-6)
+    assert np.isfinite(out[5]).all() and not np.allclose(out[5], out[0])

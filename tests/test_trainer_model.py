@@ -1,13 +1,13 @@
-"""trainer.model: the softmax the towers are trained with, checked against numpy.
+"""trainer.model and trainer.pipeline: the softmax the towers are trained with,
+checked against numpy, and the streamed input checked against the in-memory log.
 
-Builds the towers on the small generated dataset (no training) and recomputes
-the loss of one batch by hand: the catalog softmax must leave out exactly each
-user's other training movies, and nothing else.
+Builds the towers on the small generated dataset (no training).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -17,56 +17,57 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def towers(small_movielens_dir: Path):
+def setup(small_movielens_dir: Path):
     import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TFRS is imported)
     import tf_keras as keras
 
     from trainer.config import ModelConfig
-    from trainer.data import load_movielens
-    from trainer.features import build_item_features, build_user_features, history_csr, interaction_csr
+    from trainer.features import feature_columns, feature_specs
     from trainer.model import CandidateTower, QueryTower
+    from trainer.pipeline import training_log
+    from trainer.readers import read_folder
 
     keras.utils.set_random_seed(0)
-    ml = load_movielens(small_movielens_dir)
-    user_ids = np.unique(ml.ratings.users)
-    seen = interaction_csr(ml.ratings, user_ids, ml.items.ids)
-    config = ModelConfig(history_dropout=0.0)
-    query = QueryTower(build_user_features(ml.users, user_ids, history_csr(seen)), ml.items.ids, config)
-    candidate = CandidateTower(build_item_features(ml.items, len(ml.genres)), config)
-    return ml, user_ids, seen, query, candidate, config
+    ds = read_folder(small_movielens_dir)
+    user_specs, item_specs = feature_specs(ds.users), feature_specs(ds.items)
+    user_columns, item_columns = feature_columns(ds.users, user_specs), feature_columns(ds.items, item_specs)
+    inter = ds.interactions
+    log = training_log(inter.users, inter.items, inter.timestamps, len(ds.users), len(ds.items), user_columns, item_columns)
+    config = ModelConfig(history_dropout=0.0, negatives="catalog", init="random")
+    query = QueryTower(user_specs, len(ds.items), config)
+    candidate = CandidateTower(item_specs, len(ds.items), config)
+    return ds, log, query, candidate, config
 
 
-def _model(towers, **changes):
-    from trainer.model import TwoTowerModel
+def _model(setup, **changes):
+    from trainer.model import ITEM, TwoTowerModel
 
-    ml, _, _, query, candidate, config = towers
-    return TwoTowerModel(query, candidate, ml.items.ids, dataclasses.replace(config, **changes))
-
-
-def _batch(towers, size: int = 16) -> dict:
-    ml = towers[0]
-    rows = np.random.default_rng(1).choice(len(ml.ratings), size=size, replace=False)
-    return {
-        "user_id": ml.ratings.users[rows],
-        "item_id": ml.ratings.items[rows],
-        "item_probability": np.full(size, 1 / len(ml.items), dtype=np.float32),
-    }
+    ds, log, query, candidate, config = setup
+    config = dataclasses.replace(config, **changes)
+    catalog = {**log.item_columns, ITEM: np.arange(1, len(ds.items) + 1, dtype=np.int32)}
+    return TwoTowerModel(query, candidate, config, catalog if config.negatives == "catalog" else None)
 
 
-def _numpy_catalog_loss(towers, batch: dict, mask_seen: bool) -> float:
+def _batch(setup, size: int = 16, length: int = 64) -> dict:
+    from trainer.pipeline import make_dataset
+
+    log = setup[1]
+    dataset, _ = make_dataset(log, size, length, 0.0, seed=3, epochs=1, with_seen=True)
+    return next(iter(dataset))
+
+
+def _numpy_catalog_loss(setup, batch: dict, mask_seen: bool) -> float:
     """Sum over the batch of -log softmax(target) over the catalog, with the user's
-    other training movies left out when ``mask_seen``."""
-    ml, user_ids, seen, query, candidate, _ = towers
-    queries = query(batch["user_id"], held_out_item_ids=batch["item_id"]).numpy()
-    logits = queries @ candidate(ml.items.ids).numpy().T
-    item_row = {item: row for row, item in enumerate(ml.items.ids.tolist())}
+    other training items left out when ``mask_seen``."""
+    ds, log, query, candidate, _ = setup
+    from trainer.model import ITEM
+
+    queries = query(batch["query"]).numpy()
+    catalog = candidate({**log.item_columns, ITEM: np.arange(1, len(ds.items) + 1, dtype=np.int32)}).numpy()
+    logits = queries @ catalog.T
     total = 0.0
-    for b, (user, item) in enumerate(zip(batch["user_id"].tolist(), batch["item_id"].tolist())):
-        u = int(np.searchsorted(user_ids, user))
-        target = item_row[item]
-        keep = np.ones(len(ml.items), dtype=bool)
-        if mask_seen:
-            keep[seen.values[seen.splits[u] : seen.splits[u + 1]]] = False
+    for b, target in enumerate(batch["item"].numpy().tolist()):
+        keep = ~batch["seen"].numpy()[b] if mask_seen else np.ones(len(ds.items), dtype=bool)
         keep[target] = True
         row = logits[b, keep]
         total += np.log(np.exp(row - row.max()).sum()) + row.max() - logits[b, target]
@@ -74,153 +75,138 @@ def _numpy_catalog_loss(towers, batch: dict, mask_seen: bool) -> float:
 
 
 @pytest.mark.parametrize("mask_seen", [True, False])
-def test_catalog_softmax_matches_numpy(towers, mask_seen: bool) -> None:
-    batch = _batch(towers)
-    loss = float(_model(towers, negatives="catalog", mask_seen=mask_seen).compute_loss(batch))
-    assert loss == pytest.approx(_numpy_catalog_loss(towers, batch, mask_seen), rel=1e-4)
+def test_catalog_softmax_matches_numpy(setup, mask_seen: bool) -> None:
+    batch = _batch(setup)
+    loss = float(_model(setup, mask_seen=mask_seen).compute_loss(batch))
+    assert loss == pytest.approx(_numpy_catalog_loss(setup, batch, mask_seen), rel=1e-4)
 
 
-def test_masking_seen_movies_lowers_the_loss(towers) -> None:
-    batch = _batch(towers)
-    masked = float(_model(towers, negatives="catalog", mask_seen=True).compute_loss(batch))
-    unmasked = float(_model(towers, negatives="catalog", mask_seen=False).compute_loss(batch))
-    assert masked < unmasked  # fewer competitors in every row
+def test_masking_seen_items_lowers_the_loss(setup) -> None:
+    batch = _batch(setup)
+    assert float(_model(setup, mask_seen=True).compute_loss(batch)) < float(_model(setup, mask_seen=False).compute_loss(batch))
 
 
-def test_in_batch_mode_still_trains(towers) -> None:
-    batch = _batch(towers)
-    for mask_seen in (True, False):
-        loss = float(_model(towers, negatives="in_batch", mask_seen=mask_seen).compute_loss(batch))
-        assert np.isfinite(loss) and loss > 0
+def test_in_batch_softmax_matches_numpy(setup) -> None:
+    _, _, query, candidate, _ = setup
+    batch = _batch(setup, size=32)
+    negatives = 8
+    loss = float(_model(setup, negatives="in_batch", in_batch_negatives=negatives).compute_loss(batch))
+    q, c = query(batch["query"]).numpy(), candidate(batch["candidate"]).numpy()
+    items, log_q = batch["item"].numpy(), np.log(batch["item_probability"].numpy())
+    total = 0.0
+    for b in range(len(q)):
+        logits = [q[b] @ c[b] - log_q[b]] + [
+            q[b] @ c[j] - log_q[j] for j in range(negatives) if items[j] != items[b]  # accidental hits left out
+        ]
+        logits = np.array(logits)
+        total += np.log(np.exp(logits - logits.max()).sum()) + logits.max() - logits[0]
+    assert loss == pytest.approx(total, rel=1e-4)
 
 
-def test_unknown_negatives_mode_is_refused(towers) -> None:
+def test_unknown_negatives_mode_is_refused(setup) -> None:
     with pytest.raises(ValueError, match="negatives"):
-        _model(towers, negatives="sampled")
+        _model(setup, negatives="sampled")
 
 
-def test_row_mask() -> None:
+def test_sampled_histories_are_the_users_other_items(setup) -> None:
+    """Every history row holds only the example user's other items, never the target
+    (unless the user has it twice), and all of them when there are few enough."""
     import tensorflow as tf
 
-    from trainer.model import _row_mask
+    from trainer.pipeline import sample_history
 
-    columns = tf.ragged.constant([[0, 3], [], [1]], dtype=tf.int32)
-    expected = [[True, False, False, True], [False] * 4, [False, True, False, False]]
-    assert _row_mask(columns, 4).numpy().tolist() == expected
-
-
-def test_time_positions_and_history_positions() -> None:
-    from trainer.data import Ratings
-    from trainer.features import history_csr, interaction_csr
-    from trainer.train import history_positions, time_positions
-
-    ratings = Ratings(
-        users=np.array(["a", "a", "a", "b", "b"]),
-        items=np.array(["3", "1", "2", "2", "1"]),
-        ratings=np.ones(5, dtype=np.int16),
-        timestamps=np.array([30, 10, 20, 5, 5]),  # b: a tie, broken by catalog row
-    )
-    user_ids, item_ids = np.array(["a", "b"]), np.array(["1", "2", "3", "4"])
-    positions = time_positions(ratings, user_ids, item_ids)
-    assert positions.tolist() == [[0, 1, 2, -1], [0, 1, -1, -1]]
-    history = history_csr(interaction_csr(ratings, user_ids, item_ids))
-    table = history_positions(ratings, user_ids, item_ids, history)
-    assert table.splits.tolist() == history.splits.tolist()
-    assert table.values.tolist() == [0, 1, 2, 0, 1]  # history rows hold movies 1, 2, 3 and 1, 2
+    log = setup[1]
+    rows = np.arange(len(log))
+    users = log.example_users.astype(np.int64)
+    for length in (4, 1000):
+        history = sample_history(log.history, tf.constant(rows), tf.constant(users), length, 0.0).numpy()
+        for e in rows[:300]:
+            u = users[e]
+            row = log.history.values[log.history.splits[u] : log.history.splits[u + 1]]
+            others = Counter(np.delete(row, e - log.history.splits[u]).tolist())
+            got = Counter((history[e][history[e] > 0] - 1).tolist())
+            assert set(got) <= set(others)
+            if len(row) - 1 <= length:
+                assert got == others
+            else:
+                assert sum(got.values()) == length
 
 
-def test_temporal_pooling_in_training_only(small_movielens_dir: Path) -> None:
+def test_history_dropout_drops_that_share(setup) -> None:
     import tensorflow as tf
 
-    from trainer.config import ModelConfig
-    from trainer.data import load_movielens
-    from trainer.features import Csr, build_user_features, history_csr, interaction_csr
-    from trainer.model import QueryTower
+    from trainer.pipeline import sample_history
 
-    ml = load_movielens(small_movielens_dir)
-    user_ids, item_ids = np.unique(ml.ratings.users), ml.items.ids
-    history = history_csr(interaction_csr(ml.ratings, user_ids, item_ids))
-    tau = 2.0
-    tower = QueryTower(build_user_features(ml.users, user_ids, history), item_ids,
-                       ModelConfig(history_dropout=0.0, history_tau=tau))
-    table = np.random.default_rng(0).normal(size=(len(item_ids) + 1, 32)).astype(np.float32)
-    tower.warm_start(table)  # the output is then the pooled history itself
-    rng = np.random.default_rng(1)
-    positions = Csr(splits=history.splits, values=rng.permutation(len(history.values)).astype(np.float32) % 7)
-    tower.set_history_positions(positions)
-    user, row = user_ids[0], 1  # history row 1 = user_ids[0]
-    rows = history.values[history.splits[row] : history.splits[row + 1]]
-    place = positions.values[history.splits[row] : history.splits[row + 1]]
-    target = 1  # predict the user's second history movie
-    item = item_ids[rows[target] - 1]
-    weights = np.exp(-np.abs(place - place[target]) / tau)
-    weights[target] = 0.0
-    expected = (weights[:, None] * table[rows]).sum(0) / weights.sum()
-    got = tower(tf.constant([user]), held_out_item_ids=tf.constant([item]), training=True).numpy()[0]
-    assert np.allclose(got, expected, atol=1e-5)
-    # Not training (validation, serving): the plain mean, also without the target.
-    uniform = np.delete(table[rows], target, axis=0).mean(0)
-    assert np.allclose(tower(tf.constant([user]), held_out_item_ids=tf.constant([item])).numpy()[0], uniform, atol=1e-5)
-    assert np.allclose(tower(tf.constant([user])).numpy()[0], table[rows].mean(0), atol=1e-5)
-    # A new history table drops the positions (they would no longer line up).
-    tower.set_history(history)
-    got = tower(tf.constant([user]), held_out_item_ids=tf.constant([item]), training=True).numpy()[0]
-    assert np.allclose(got, uniform, atol=1e-5)
-    with pytest.raises(ValueError, match="layout"):
-        tower.set_history_positions(Csr(splits=history.splits[:-1], values=positions.values[:-1]))
+    log = setup[1]
+    rows = tf.constant(np.arange(len(log)))
+    users = tf.constant(log.example_users.astype(np.int64))
+    kept = (sample_history(log.history, rows, users, 8, 0.5).numpy() > 0).sum()
+    full = (sample_history(log.history, rows, users, 8, 0.0).numpy() > 0).sum()
+    assert 0.45 < kept / full < 0.55
 
 
-@pytest.mark.parametrize("side_l2", [0.0, 0.1])
-def test_side_fine_tuning_leaves_the_warm_started_parts_alone(small_movielens_dir: Path, side_l2: float) -> None:
-    """--fine-tune side: after training steps the history / movie-id embeddings and
-    the projection rows that read them are unchanged, while the side features moved."""
-    import tensorflow as tf
-    import tf_keras as keras
+def test_streaming_gives_the_in_memory_examples(setup) -> None:
+    """One epoch of the tf.data pipeline is exactly the log's interactions, each once,
+    with the features and seen lists of the in-memory tables."""
+    from trainer.pipeline import make_dataset
 
-    from trainer.config import ModelConfig
-    from trainer.data import load_movielens
-    from trainer.features import build_item_features, build_user_features, history_csr, interaction_csr
-    from trainer.model import CandidateTower, QueryTower, TwoTowerModel
-
-    keras.utils.set_random_seed(0)
-    ml = load_movielens(small_movielens_dir)
-    user_ids, item_ids = np.unique(ml.ratings.users), ml.items.ids
-    seen = interaction_csr(ml.ratings, user_ids, item_ids)
-    config = ModelConfig(fine_tune="side", side_l2=side_l2)
-    query = QueryTower(build_user_features(ml.users, user_ids, history_csr(seen)), item_ids, config)
-    candidate = CandidateTower(build_item_features(ml.items, len(ml.genres)), config)
-    rng = np.random.default_rng(0)
-    query.warm_start(rng.normal(size=(len(item_ids) + 1, 32)).astype(np.float32))
-    candidate.warm_start(rng.normal(size=(len(item_ids) + 1, 32)).astype(np.float32))
-    model = TwoTowerModel(query, candidate, item_ids, config)
-    model.compile(optimizer=keras.optimizers.AdamW(0.01, weight_decay=0.0))
-    before = {id(v): v.numpy().copy() for v in model.trainable_variables}
-    dataset = tf.data.Dataset.from_tensor_slices(_batch((ml,), size=64)).batch(16)
-    model.fit(dataset, epochs=2, verbose=0)
-
-    def moved(variable) -> np.ndarray:
-        return before[id(variable)] != variable.numpy()
-
-    frozen_rows = [
-        (query.history_embedding.embeddings, slice(None)),
-        (query.projection.kernel, slice(-32, None)),
-        (candidate.item_embedding.embeddings, slice(None)),
-        (candidate.projection.kernel, slice(0, 32)),
-    ]
-    for variable, rows in frozen_rows:
-        assert not moved(variable)[rows].any(), variable.name
-    for variable in (query.age_embedding.embeddings, query.projection.bias, candidate.year_embedding.embeddings,
-                     candidate.title_embedding.embeddings, candidate.genre_projection.kernel):
-        assert moved(variable).any(), variable.name
-    assert moved(query.projection.kernel)[:-32].any() and moved(candidate.projection.kernel)[32:].any()
-    # encode still computes what call computes (the exported embed_features path).
-    rows = query.user_lookup(tf.constant(user_ids[:3]))
-    via_encode = query.encode(tf.gather(query._age, rows), tf.gather(query._gender, rows),
-                              tf.gather(query._occupation, rows), tf.gather(query._zip, rows),
-                              tf.gather(query._history, rows), user_rows=rows)
-    assert np.allclose(via_encode.numpy(), query(tf.constant(user_ids[:3])).numpy(), atol=1e-6)
+    ds, log, _, _, _ = setup
+    inter = ds.interactions
+    for shards in (1, 2):
+        seen_pairs: Counter = Counter()
+        for shard in range(shards):
+            dataset, steps = make_dataset(log, 64, 8, 0.0, seed=1, epochs=1, with_seen=True, shard=shard, shards=shards)
+            batches = list(dataset)
+            assert len(batches) == steps
+            for batch in batches:
+                items = batch["item"].numpy()
+                users = None
+                for name, column in log.item_columns.items():
+                    np.testing.assert_array_equal(batch["candidate"][name].numpy(), column[items])
+                # Recover each example's user from its seen mask and check the user's features.
+                seen = batch["seen"].numpy()
+                users = np.array([_user_with_seen(log, row) for row in seen])
+                for name, column in log.user_columns.items():
+                    np.testing.assert_array_equal(batch["query"][name].numpy(), column[users])
+                np.testing.assert_allclose(batch["item_probability"].numpy(), log.item_probability[items])
+                seen_pairs.update(zip(users.tolist(), items.tolist()))
+        expected = Counter(zip(inter.users.tolist(), inter.items.tolist()))
+        if shards == 1:
+            assert seen_pairs == expected
+        else:  # two equal shards of len // 2 examples, disjoint
+            assert sum(seen_pairs.values()) == 2 * (len(log) // 2) and not seen_pairs - expected
 
 
-def test_unknown_fine_tune_mode_is_refused(towers) -> None:
-    with pytest.raises(ValueError, match="fine_tune"):
-        _model(towers, fine_tune="history")
+def _user_with_seen(log, mask: np.ndarray) -> int:
+    items = np.flatnonzero(mask)
+    for u in range(log.seen.rows):
+        if np.array_equal(log.seen.values[log.seen.splits[u] : log.seen.splits[u + 1]], items):
+            return u
+    raise AssertionError("no user has that seen list")
+
+
+def test_epochs_are_reshuffled_reproducibly(setup) -> None:
+    from trainer.pipeline import make_dataset
+
+    log = setup[1]
+
+    def epochs(seed: int) -> list[np.ndarray]:
+        dataset, steps = make_dataset(log, len(log), 2, 0.0, seed=seed, epochs=2, with_seen=False)
+        return [batch["item"].numpy() for batch in dataset]
+
+    first, second = epochs(5)
+    assert sorted(first.tolist()) == sorted(second.tolist()) and not np.array_equal(first, second)
+    assert all(np.array_equal(a, b) for a, b in zip(epochs(5), (first, second)))
+
+
+def test_pooled_histories_are_the_mean_of_the_seen_rows(setup) -> None:
+    from trainer.pipeline import pooled_histories
+
+    log = setup[1]
+    table = np.random.default_rng(0).normal(size=(log.item_count + 1, 4)).astype(np.float32)
+    rows = np.arange(log.seen.rows)
+    pooled = pooled_histories(log.seen, rows, table, chunk_entries=50)  # several chunks
+    for u in rows:
+        items = log.seen.values[log.seen.splits[u] : log.seen.splits[u + 1]]
+        expected = table[items + 1].mean(axis=0) if len(items) else np.zeros(4)
+        np.testing.assert_allclose(pooled[u], expected, rtol=1e-5, atol=1e-6)

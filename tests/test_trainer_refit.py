@@ -1,6 +1,6 @@
 """trainer.train.fit: when no trained epoch beats the EASE warm start on the
 validation slice, the warm start that ships is fitted again on every training
-rating (fit + validation), unless ``refit`` is off.
+interaction (fit + validation), unless ``refit`` is off.
 
 A learning rate far too large makes the one trained epoch lose to the warm start,
 so the run keeps epoch 0; the towers' tables are then compared with
@@ -21,36 +21,31 @@ def _tables(small_movielens_dir: Path, refit: bool):
     import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TFRS is imported)
 
     from trainer.config import ModelConfig, TrainConfig
-    from trainer.data import load_movielens, split_ratings
-    from trainer.features import interaction_csr
-    from trainer.train import fit
+    from trainer.features import seen_csr
+    from trainer.readers import read_folder
+    from trainer.train import fit, split_interactions
     from trainer.warm_start import ease_warm_start
 
-    ml = load_movielens(small_movielens_dir)
-    model = ModelConfig(embedding_dim=8, history_dim=8, item_id_dim=8, ease_lambda=20.0, ease_tau=10.0)
+    ds = read_folder(small_movielens_dir)
+    model = ModelConfig(embedding_dim=8, history_dim=8, item_id_dim=8, ease_lambda=20.0, ease_tau=10.0, init="ease")
     config = TrainConfig(
         validation_fraction=0.2, epochs=1, patience=1, batch_size=256, learning_rate=50.0, refit=refit, model=model
     )
-    split = split_ratings(ml.ratings, config)
-    user_ids, item_ids = np.unique(split.train.users), ml.items.ids
-    fitted = fit(ml, split, user_ids, config, verbose=0)
+    split = split_interactions(len(ds.interactions), config)
+    fitted = fit(ds, split, config, verbose=0)
 
-    def expected(ratings):
-        row_of = {item: row for row, item in enumerate(item_ids.tolist())}
-        items = np.array([row_of[i] for i in ratings.items.tolist()], dtype=np.int64)
-        users = np.searchsorted(user_ids, ratings.users)
+    def expected(rows):
+        inter = ds.interactions
+        users, items = inter.users[rows].astype(np.int64), inter.items[rows].astype(np.int64)
         start = ease_warm_start(
-            interaction_csr(ratings, user_ids, item_ids), len(item_ids), users, items,
+            seen_csr(users, items, len(ds.users)), len(ds.items), users, items,
             lam=model.ease_lambda, rank=model.embedding_dim, seed=config.seed, tau=model.ease_tau,
-            pair_timestamps=ratings.timestamps,
+            pair_timestamps=inter.timestamps[rows],
         )  # fmt: skip
         return start.history, start.items
 
-    towers = fitted.embedder
-    shipped = (
-        towers.query_tower.history_embedding.get_weights()[0],
-        towers.candidate_tower.item_embedding.get_weights()[0],
-    )
+    towers = fitted.towers
+    shipped = (towers.query.history_embedding.get_weights()[0], towers.candidate.item_embedding.get_weights()[0])
     return fitted, shipped, expected(split.train), expected(split.fit)
 
 

@@ -128,25 +128,31 @@ def test_warm_started_towers_score_like_rank_32_ease(small_movielens_dir: Path) 
     import tf_keras as keras
 
     from trainer.config import ModelConfig
-    from trainer.data import load_movielens
-    from trainer.features import build_item_features, build_user_features, history_csr, interaction_csr
-    from trainer.model import CandidateTower, QueryTower
+    from trainer.features import feature_columns, feature_specs, seen_csr
+    from trainer.model import ITEM, CandidateTower, QueryTower
+    from trainer.pipeline import pooled_histories
+    from trainer.readers import read_folder
 
     keras.utils.set_random_seed(0)
-    ml = load_movielens(small_movielens_dir)
-    user_ids, item_ids = np.unique(ml.ratings.users), ml.items.ids
-    seen = interaction_csr(ml.ratings, user_ids, item_ids)
+    ds = read_folder(small_movielens_dir)
+    inter = ds.interactions
+    seen = seen_csr(inter.users, inter.items, len(ds.users))
     config = ModelConfig(init="ease")
-    query = QueryTower(build_user_features(ml.users, user_ids, history_csr(seen)), item_ids, config)
-    candidate = CandidateTower(build_item_features(ml.items, len(ml.genres)), config)
-    users = np.repeat(np.arange(len(user_ids)), np.diff(seen.splits))
+    user_specs, item_specs = feature_specs(ds.users), feature_specs(ds.items)
+    query = QueryTower(user_specs, len(ds.items), config)
+    candidate = CandidateTower(item_specs, len(ds.items), config)
+    users = np.repeat(np.arange(seen.rows), np.diff(seen.splits))
     lam = 20.0
-    start = ease_warm_start(seen, len(item_ids), users, seen.values.astype(np.int64), lam=lam, rank=32)
+    start = ease_warm_start(seen, len(ds.items), users, seen.values.astype(np.int64), lam=lam, rank=32)
     query.warm_start(start.history)
     candidate.warm_start(start.items)
-    scores = query(user_ids).numpy() @ candidate(item_ids).numpy().T
+    user_rows = np.arange(seen.rows)[np.diff(seen.splits) > 0]
+    inputs = {**feature_columns(ds.users, user_specs), "history_mean": pooled_histories(seen, np.arange(seen.rows), start.history)}
+    scores = query({k: v[user_rows] for k, v in inputs.items()}).numpy()
+    items = {**feature_columns(ds.items, item_specs), ITEM: np.arange(1, len(ds.items) + 1, dtype=np.int32)}
+    scores = scores @ candidate(items).numpy().T
 
-    x = dense_interactions(seen, len(item_ids))
+    x = dense_interactions(seen, len(ds.items))[user_rows]
     query_side, item_side = factorise(ease_weights(x, lam), 32)
     expected = start.scale * (x @ query_side @ item_side.T) / x.sum(axis=1, keepdims=True)
     assert np.allclose(scores, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())

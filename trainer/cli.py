@@ -13,10 +13,21 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.config import FINE_TUNES, INITS, NEGATIVES, ModelConfig, TrainConfig
+from trainer.config import (
+    AUTO,
+    BATCH_SIZES,
+    CATALOG_SOFTMAX_MAX_ITEMS,
+    EASE_MEMORY_BUDGET_BYTES,
+    INITS,
+    LEARNING_RATES,
+    NEGATIVES,
+    ModelConfig,
+    TrainConfig,
+)
 from trainer.data import DataError
+from trainer.readers import add_reader_flags
 
-COMMANDS = ("train", "evaluate", "tune", "synthetic", "prune")
+COMMANDS = ("train", "evaluate", "tune", "synthetic", "synthetic-log", "prune")
 DEFAULT_MODEL_BASE = "./models/movielens"
 EXIT_INPUT_ERROR = 2
 
@@ -30,68 +41,62 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", metavar="{train,evaluate,tune,synthetic,prune}")
 
-    train = commands.add_parser("train", help="train on MovieLens and publish a bundle (the default command)")
-    train.add_argument("--data-dir", type=Path, default=None,
-                       help="folder with u.data, u.item, u.user, u.genre [env ML100K_DIR]; without either, the "
-                            "official archive is downloaded once into $RECSYS_CACHE_DIR or ~/.cache/recsys")
-    train.add_argument("--ratings-file", type=Path, default=None,
-                       help="ratings in the u.data format, used instead of <data dir>/u.data")
+    train = commands.add_parser("train", help="train on a data folder and publish a bundle (the default command)")
+    add_reader_flags(train)
     train.add_argument("--model-base", type=Path, default=_model_base_default(),
                        help="where versions are published [env MODEL_BASE] (default %(default)s)")
     train.add_argument("--if-missing", action="store_true",
                        help="do nothing if the model base already holds a published version "
                             "(for deployments that must not retrain on every start)")
     train.add_argument("--test-fraction", type=float, default=train_defaults.test_fraction,
-                       help="share of ratings held out for evaluation; 0 trains on all (default %(default)s)")
+                       help="share of interactions held out for evaluation; 0 trains on all (default %(default)s)")
     train.add_argument("--validation-fraction", type=float, default=train_defaults.validation_fraction,
-                       help="share of the training ratings used for early stopping; 0 disables it "
+                       help="share of the training interactions used for early stopping; 0 disables it "
                             "(default %(default)s)")
     train.add_argument("--seed", type=int, default=train_defaults.seed, help="split and initialisation seed")
     train.add_argument("--epochs", type=int, default=train_defaults.epochs, help="maximum epochs (default %(default)s)")
     train.add_argument("--patience", type=int, default=train_defaults.patience,
                        help="epochs without validation improvement before stopping (default %(default)s)")
-    train.add_argument("--batch-size", type=int, default=train_defaults.batch_size, help="default %(default)s")
-    train.add_argument("--learning-rate", type=float, default=train_defaults.learning_rate, help="AdamW, default %(default)s")
+    train.add_argument("--batch-size", type=int, default=None,
+                       help="default " + ", ".join(f"{v} with --negatives {k}" for k, v in BATCH_SIZES.items()))
+    train.add_argument("--learning-rate", type=float, default=None,
+                       help="AdamW; default " + ", ".join(f"{v:g} with --init {k}" for k, v in LEARNING_RATES.items()))
     train.add_argument("--weight-decay", type=float, default=train_defaults.weight_decay, help="AdamW, default %(default)s")
     train.add_argument("--embedding-dim", type=int, default=model_defaults.embedding_dim,
                        help="output size of both towers (default %(default)s)")
-    train.add_argument("--history-dropout", type=float, default=model_defaults.history_dropout,
-                       help="share of each user's history dropped per training example (default %(default)s)")
-    train.add_argument("--history-tau", type=float, default=model_defaults.history_tau,
-                       help="> 0: in training, pool each pair's history with weights exp(-|p - p_target| / tau), "
-                            "p = place in the user's time-ordered ratings; serving always pools uniformly "
+    train.add_argument("--history-length", type=int, default=model_defaults.history_length,
+                       help="history items sampled per training example; users with fewer keep all "
                             "(default %(default)s)")
-    train.add_argument("--negatives", choices=NEGATIVES, default=model_defaults.negatives,
-                       help="softmax over the whole catalog or over the batch's positives (default %(default)s)")
+    train.add_argument("--history-dropout", type=float, default=model_defaults.history_dropout,
+                       help="share of each example's sampled history dropped (default %(default)s)")
+    train.add_argument("--negatives", choices=(AUTO, *NEGATIVES), default=model_defaults.negatives,
+                       help=f"softmax over the whole catalog, or over the batch's positives with the logQ "
+                            f"correction; auto: catalog up to {CATALOG_SOFTMAX_MAX_ITEMS:,} items "
+                            f"(default %(default)s)")
+    train.add_argument("--in-batch-negatives", type=int, default=model_defaults.in_batch_negatives,
+                       help="--negatives in_batch: negatives per batch, shared by its queries (default %(default)s)")
     train.add_argument("--mask-seen", action=argparse.BooleanOptionalAction, default=model_defaults.mask_seen,
-                       help="leave each user's other training movies out of the softmax (default %(default)s)")
-    train.add_argument("--user-id-dim", type=int, default=model_defaults.user_id_dim,
-                       help="size of the user-id embedding in the query tower; 0 = none (default %(default)s)")
+                       help="catalog softmax: leave each user's other training items out of it (default %(default)s)")
     train.add_argument("--logq-weight", type=float, default=model_defaults.logq_weight,
                        help="--negatives in_batch: exponent on the sampling probability for the logQ "
                             "correction; 0 disables it (default %(default)s)")
-    train.add_argument("--init", choices=INITS, default=model_defaults.init,
+    train.add_argument("--init", choices=(AUTO, *INITS), default=model_defaults.init,
                        help="start from rank-<embedding dim> EASE fitted on the fit data, or from random "
-                            "weights (default %(default)s)")
+                            "weights; auto: EASE while its dense items x items matrices fit "
+                            f"{EASE_MEMORY_BUDGET_BYTES / 2**30:g} GiB (about 11,000 items) (default %(default)s)")
     train.add_argument("--ease-lambda", type=float, default=model_defaults.ease_lambda,
                        help="--init ease: EASE's L2 weight (default %(default)s)")
     train.add_argument("--ease-tau", type=float, default=model_defaults.ease_tau,
                        help="--init ease: > 0 fits EASE on a time-weighted co-occurrence matrix, in which two "
-                            "movies a user rated k positions apart count exp(-k / tau); 0 = plain co-occurrence "
-                            "(default %(default)s)")
+                            "items a user interacted with k positions apart count exp(-k / tau); 0 = plain "
+                            "co-occurrence (default %(default)s)")
     train.add_argument("--init-balance", type=float, default=model_defaults.init_balance,
                        help="--init ease: share of the singular values put on the history side; 0.5 splits "
                             "them evenly between the towers (default %(default)s)")
     train.add_argument("--refit", action=argparse.BooleanOptionalAction, default=train_defaults.refit,
                        help="--init ease: when no trained epoch beats the warm start on validation, fit the "
-                            "warm start again on all training ratings (fit + validation) before export "
+                            "warm start again on all training interactions (fit + validation) before export "
                             "(default %(default)s)")
-    train.add_argument("--fine-tune", choices=FINE_TUNES, default=model_defaults.fine_tune,
-                       help="all: train every weight; side: train only the side features (demographics, zip, "
-                            "genres, year, title tokens) and the projection rows that read them, keeping the "
-                            "history / movie-id embeddings and their projection rows frozen (default %(default)s)")
-    train.add_argument("--side-l2", type=float, default=model_defaults.side_l2,
-                       help="--fine-tune side: L2 weight on the trained side-feature weights (default %(default)s)")
 
     evaluate = commands.add_parser("evaluate", help="recompute HR@K for a published bundle")
     where = evaluate.add_mutually_exclusive_group()
@@ -136,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--index-targets", default=os.environ.get("INDEX_TARGETS", ""),
                        help="index shards to ask, ';'-separated, as the gateway's flag [env INDEX_TARGETS]")
     prune.add_argument("--no-services", action="store_true", help="no service reads this model base: ask none")
+
+    from trainer.synthetic_log import add_command as add_synthetic_log  # numpy only
+
+    add_synthetic_log(commands)  # python -m trainer synthetic-log: a generated interaction log
     return parser
 
 
@@ -171,28 +180,28 @@ def _positive(name: str, value: float) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from serving.bundle import version_dirs
-    from trainer.data import load_movielens, resolve_data_dir
+    import time
 
+    from serving.bundle import version_dirs
+    from trainer.readers import read_dataset
+
+    started = time.monotonic()
     if args.if_missing and (versions := version_dirs(args.model_base)):
         print(f"{args.model_base} already holds version {max(versions)}; --if-missing: not training")
         return 0
 
-    for name in ("epochs", "batch_size", "learning_rate", "embedding_dim"):
+    for name in ("epochs", "embedding_dim", "history_length", "in_batch_negatives"):
         _positive(name.replace("_", "-"), getattr(args, name))
+    for name in ("learning_rate", "batch_size"):
+        if getattr(args, name) is not None:
+            _positive(name.replace("_", "-"), getattr(args, name))
     _positive("ease-lambda", args.ease_lambda)
-    if args.history_tau < 0:
-        raise DataError(f"--history-tau must be 0 or more, got {args.history_tau}")
     if args.ease_tau < 0:
         raise DataError(f"--ease-tau must be 0 or more, got {args.ease_tau}")
     if not 0 <= args.init_balance <= 1:
         raise DataError(f"--init-balance must be in [0, 1], got {args.init_balance}")
-    if args.side_l2 < 0:
-        raise DataError(f"--side-l2 must be 0 or more, got {args.side_l2}")
-    if args.fine_tune == "side" and args.weight_decay > 0:
-        raise DataError("--fine-tune side needs --weight-decay 0 (it would shrink the frozen weights); use --side-l2")
-    if args.user_id_dim < 0:
-        raise DataError(f"--user-id-dim must be 0 or more, got {args.user_id_dim}")
+    if not 0 <= args.history_dropout < 1:
+        raise DataError(f"--history-dropout must be in [0, 1), got {args.history_dropout}")
     for name in ("test_fraction", "validation_fraction"):
         if not 0 <= getattr(args, name) < 1:
             raise DataError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
@@ -208,32 +217,27 @@ def run_train(args: argparse.Namespace) -> int:
         refit=args.refit,
         model=ModelConfig(
             embedding_dim=args.embedding_dim,
-            # The EASE warm start maps rank-<embedding dim> factors onto these tables.
-            **({"history_dim": args.embedding_dim, "item_id_dim": args.embedding_dim} if args.init == "ease" else {}),
-            user_id_dim=args.user_id_dim,
+            history_length=args.history_length,
             history_dropout=args.history_dropout,
-            history_tau=args.history_tau,
             negatives=args.negatives,
+            in_batch_negatives=args.in_batch_negatives,
             mask_seen=args.mask_seen,
             logq_weight=args.logq_weight,
             init=args.init,
             ease_lambda=args.ease_lambda,
             ease_tau=args.ease_tau,
             init_balance=args.init_balance,
-            fine_tune=args.fine_tune,
-            side_l2=args.side_l2,
         ),
     )
-    data_dir = resolve_data_dir(args.data_dir)
-    print(f"data: {data_dir}" + (f" (ratings: {args.ratings_file})" if args.ratings_file else ""))
     print(f"model base: {args.model_base}")
     print(f"config: {dataclasses.asdict(config)}", flush=True)
-    ml = load_movielens(data_dir, args.ratings_file)
-    print(f"{len(ml.ratings)} ratings, {len(ml.users)} users, {len(ml.items)} movies", flush=True)
+    dataset = read_dataset(args)
+    print(f"read in {time.monotonic() - started:.1f} s", flush=True)
     from trainer.train import train  # TensorFlow is imported only once the data is known to be good
 
-    result = train(ml, config, args.model_base, verbose=1 if sys.stdout.isatty() else 2)
-    print(f"published {result.bundle}")
+    result = train(dataset, config, args.model_base, verbose=1 if sys.stdout.isatty() else 2, started=started)
+    if result.bundle is not None:
+        print(f"published {result.bundle}")
     return 0
 
 
@@ -319,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     from serving.retention import RetentionError
 
     try:
+        handler = getattr(args, "handler", None)  # sub-commands defined next to their code (synthetic-log)
+        if handler:
+            return handler(args)
         return {"train": run_train, "evaluate": run_evaluate, "tune": run_tune, "synthetic": run_synthetic,
                 "prune": run_prune}[args.command](args)
     except (DataError, BundleError, RetentionError) as exc:

@@ -5,9 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 
+AUTO = "auto"
 NEGATIVES = ("catalog", "in_batch")
 INITS = ("ease", "random")
-FINE_TUNES = ("all", "side")
+# Up to this many items the softmax runs over the whole catalog (a [batch, items] logit
+# matrix per step); beyond, over the batch's positives with the logQ correction.
+CATALOG_SOFTMAX_MAX_ITEMS = 20_000
+# The EASE warm start holds about four dense items x items float64 matrices (the Gram, its
+# inverse, B and its SVD); it is used only while they fit this budget (~11,000 items).
+EASE_MEMORY_BUDGET_BYTES = 4 * 2**30
+LEARNING_RATES = {"ease": 0.0001, "random": 0.005}  # the defaults for each start, tuned on ml-100k
+# The default batch for each kind of negatives: the catalog softmax was tuned at 1024 on
+# ml-100k; in-batch negatives get more of them, and a large log fewer steps, from a larger batch.
+BATCH_SIZES = {"catalog": 1024, "in_batch": 8192}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,21 +25,19 @@ class ModelConfig:
     """Architecture and loss settings (see trainer.model)."""
 
     embedding_dim: int = 32  # output of both towers; their dot product is the score
-    user_id_dim: int = 0  # user-id embedding; 0 = none (it memorises the training movies)
-    item_id_dim: int = 32  # movie-id embedding
-    history_dim: int = 32  # pooled watch-history embedding
-    feature_dim: int = 8  # each categorical side feature
-    history_dropout: float = 0.5  # share of history movies dropped per training example
-    history_tau: float = 0.0  # > 0: in training, pool the history with weights exp(-|p - p_target| / tau) (time positions)
-    negatives: str = "catalog"  # softmax over the whole catalog, or over the batch's positives
-    mask_seen: bool = True  # take the user's other training movies out of the softmax
+    item_id_dim: int = 32  # item-id embedding
+    history_dim: int = 32  # pooled history embedding
+    feature_dim: int = 8  # each side feature's embedding
+    history_length: int = 64  # history items sampled per training example (all of them when fewer)
+    history_dropout: float = 0.5  # share of the sampled history dropped per training example
+    negatives: str = AUTO  # "catalog", "in_batch", or chosen by catalog size (CATALOG_SOFTMAX_MAX_ITEMS)
+    mask_seen: bool = True  # catalog softmax: take the user's other training items out of it
+    in_batch_negatives: int = 1024  # in_batch only: negatives per batch (the batch's first positives)
     logq_weight: float = 1.0  # in_batch only: exponent on the sampling probability (1 = full logQ correction)
-    init: str = "ease"  # or "random": start from rank-embedding_dim EASE (trainer.warm_start); see EXPERIMENTS.md
+    init: str = AUTO  # "ease", "random", or chosen by catalog size (EASE_MEMORY_BUDGET_BYTES)
     ease_lambda: float = 100.0  # EASE's L2 weight λ for the warm start
     ease_tau: float = 40.0  # > 0: EASE on the temporal co-occurrence Gram (trainer.warm_start.temporal_gram); 0 = XᵀX
     init_balance: float = 0.5  # share of the singular values on the history side (0.5 = sqrt on each side)
-    fine_tune: str = "all"  # "side": train only the side-feature weights, the history / movie-id parts stay frozen
-    side_l2: float = 0.0  # fine_tune "side": L2 weight on the trained side-feature weights (added to the loss)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +49,27 @@ class TrainConfig:
     seed: int = 42
     epochs: int = 30
     patience: int = 3
-    batch_size: int = 1024
-    learning_rate: float = 0.0001  # for the EASE warm start; --init random was tuned at 0.005
+    batch_size: int | None = None  # None: BATCH_SIZES[negatives]
+    learning_rate: float | None = None  # None: LEARNING_RATES[init]
     weight_decay: float = 0.0
     refit: bool = True  # init "ease" and no epoch beats it: fit the warm start again on all training ratings
+    validation_users: int = 5000  # early stopping scores at most this many validation users
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+
+
+def choose_negatives(requested: str, item_count: int) -> str:
+    """``requested`` unless "auto": the exact catalog softmax while the catalog is small."""
+    if requested != AUTO:
+        return requested
+    return "catalog" if item_count <= CATALOG_SOFTMAX_MAX_ITEMS else "in_batch"
+
+
+def ease_fits(item_count: int) -> bool:
+    return 4 * 8 * item_count**2 <= EASE_MEMORY_BUDGET_BYTES
+
+
+def choose_init(requested: str, item_count: int) -> str:
+    """``requested`` unless "auto": the EASE warm start while its dense items x items matrices fit."""
+    if requested != AUTO:
+        return requested
+    return "ease" if ease_fits(item_count) else "random"

@@ -48,35 +48,39 @@ def hit_rates(
     pair_items: np.ndarray,
     seen: Csr | None,
     max_k: int = MAX_K,
-    chunk: int = 512,
+    chunk_scores: int = 1 << 23,
 ) -> np.ndarray:
     """HR@1..max_k: float64 [max_k].
 
     user_vectors: float32 [u, dim]; item_vectors: float32 [n, dim];
     pair_users: int [p] rows of user_vectors; pair_items: int [p] item rows;
     seen: Csr with u rows of item rows to exclude (None = exclude nothing).
+
+    A pair's rank is the number of (not excluded) items scoring above its item,
+    plus those scoring the same at an earlier row; a held-out item the user also
+    has in ``seen`` is never a hit. Scored in chunks of at most ``chunk_scores``
+    user x item scores, so memory does not grow with users x items.
     """
     if len(pair_users) == 0:
         raise ValueError("no held-out pairs to evaluate")
+    item_count = len(item_vectors)
+    columns = np.arange(item_count)
     counts = np.zeros(max_k + 1, dtype=np.int64)  # counts[r] pairs ranked r; counts[max_k] = beyond
-    order = np.argsort(pair_users, kind="stable")
-    pair_users, pair_items = pair_users[order], pair_items[order]
-    users = np.unique(pair_users)
-    for start in range(0, len(users), chunk):
-        block = users[start : start + chunk]
-        scores = user_vectors[block] @ item_vectors.T
-        excluded = None
+    step = max(1, chunk_scores // max(item_count, 1))
+    for start in range(0, len(pair_users), step):
+        users, items = pair_users[start : start + step], pair_items[start : start + step]
+        scores = user_vectors[users] @ item_vectors.T
+        target = scores[np.arange(len(users)), items][:, None]
+        above = (scores > target) | ((scores == target) & (columns[None, :] < items[:, None]))
+        hit_possible = np.ones(len(users), dtype=bool)
         if seen is not None:
-            excluded = np.zeros(scores.shape, dtype=bool)
-            for local, user in enumerate(block.tolist()):
-                excluded[local, seen.values[seen.splits[user] : seen.splits[user + 1]]] = True
-        positions = rank_positions(scores, excluded)
-        lo = np.searchsorted(pair_users, block[0], side="left")
-        hi = np.searchsorted(pair_users, block[-1], side="right")
-        local_rows = np.searchsorted(block, pair_users[lo:hi])
-        ranks = positions[local_rows, pair_items[lo:hi]]
-        if excluded is not None:  # a held-out movie the user also rated in training can never be a hit
-            ranks = np.where(excluded[local_rows, pair_items[lo:hi]], max_k, ranks)
+            lengths = seen.splits[users + 1] - seen.splits[users]
+            rows = np.repeat(np.arange(len(users)), lengths)
+            offsets = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            excluded = seen.values[np.repeat(seen.splits[users], lengths) + offsets]
+            above[rows, excluded] = False
+            hit_possible[rows[excluded == items[rows]]] = False
+        ranks = np.where(hit_possible, above.sum(axis=1), max_k)
         counts += np.bincount(np.minimum(ranks, max_k), minlength=max_k + 1)
     return np.cumsum(counts[:max_k]) / len(pair_users)
 
@@ -172,11 +176,12 @@ TEST_INTERACTIONS = "test_interactions.tsv"
 _TSV_HEADER = "user_id\titem_id"
 
 
-def write_test_interactions(path: Path, pairs: Ratings | None) -> None:
-    """Writes the held-out split as ``user_id<TAB>item_id`` lines under a header."""
+def write_test_interactions(path: Path, pairs: Ratings | tuple[np.ndarray, np.ndarray] | None) -> None:
+    """Writes the held-out split (Ratings or (user ids, item ids)) as ``user_id<TAB>item_id`` lines under a header."""
     lines = [_TSV_HEADER]
     if pairs is not None:
-        lines += [f"{u}\t{i}" for u, i in zip(pairs.users.tolist(), pairs.items.tolist())]
+        users, items = (pairs.users, pairs.items) if isinstance(pairs, Ratings) else pairs
+        lines += [f"{u}\t{i}" for u, i in zip(users.tolist(), items.tolist())]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -27,8 +27,10 @@ would make the softmax nearly uniform, so c is chosen (on the fit data, by a
 trained with.
 
 Everything is computed from the *fit* interactions only, so the validation
-slice stays unseen. ``X`` is dense [users, items]: fine for catalogs up to a few
-ten thousand movies (ml-100k has 1,682).
+slice stays unseen. Memory: the items x items matrices are dense (about four of
+them at once, see trainer.config.ease_fits, which decides when this start is
+used); the users x items matrix is never built (the Gram is summed user by
+user, the scale is fitted on a sample of users' rows).
 """
 
 from __future__ import annotations
@@ -76,13 +78,23 @@ def temporal_gram(
     """
     if tau <= 0:
         raise ValueError(f"tau must be positive, got {tau}")
+    return _blockwise_gram(user_rows, item_rows, timestamps, item_count, tau)
+
+
+def _blockwise_gram(
+    user_rows: np.ndarray, item_rows: np.ndarray, timestamps: np.ndarray, item_count: int, tau: float
+) -> np.ndarray:
+    """``temporal_gram``; ``tau`` = inf gives the plain co-occurrence XᵀX of the distinct pairs."""
+    if np.isinf(tau):
+        pairs = np.unique(np.stack([user_rows, item_rows], axis=1), axis=0)
+        user_rows, item_rows, timestamps = pairs[:, 0], pairs[:, 1], np.zeros(len(pairs), dtype=np.int64)
     order = np.lexsort((item_rows, timestamps, user_rows))
     users, items = user_rows[order], item_rows[order]
     bounds = np.flatnonzero(np.diff(users)) + 1
     gram = np.zeros((item_count, item_count), dtype=np.float64)
     for block in np.split(items, bounds):
         p = np.arange(len(block), dtype=np.float64)
-        kernel = np.exp(-np.abs(p[:, None] - p[None, :]) / tau)
+        kernel = np.ones((len(block), len(block))) if np.isinf(tau) else np.exp(-np.abs(p[:, None] - p[None, :]) / tau)
         if len(np.unique(block)) == len(block):
             gram[np.ix_(block, block)] += kernel
         else:  # repeated movies: fancy-index += would keep only one of them
@@ -174,17 +186,21 @@ def ease_warm_start(
     ``tau`` > 0 fits EASE on ``temporal_gram`` of the pairs (which then need
     ``pair_timestamps``) instead of XᵀX; the scores still use the plain 0/1
     histories, so nothing about time is needed at serving."""
-    x = dense_interactions(seen, item_count)
-    gram = None
-    if tau > 0:
-        if pair_timestamps is None:
-            raise ValueError("a temporal warm start (tau > 0) needs pair_timestamps")
-        gram = temporal_gram(pair_users, pair_items, pair_timestamps, item_count, tau)
-    query_side, item_side = factorise(ease_weights(x, lam, gram), rank, balance)
+    if tau > 0 and pair_timestamps is None:
+        raise ValueError("a temporal warm start (tau > 0) needs pair_timestamps")
+    stamps = pair_timestamps if pair_timestamps is not None else np.zeros(len(pair_users), dtype=np.int64)
+    gram = _blockwise_gram(pair_users, pair_items, stamps, item_count, tau if tau > 0 else np.inf)
+    query_side, item_side = factorise(ease_weights(None, lam, gram), rank, balance)
+    del gram
     if len(pair_users) > sample:
         pick = np.random.default_rng(seed).choice(len(pair_users), size=sample, replace=False)
         pair_users, pair_items = pair_users[pick], pair_items[pick]
-    scale, loss = fit_scale(x, pair_users, pair_items, query_side, item_side, mask_seen)
+    # Only the sampled users' rows of X, densely: [distinct sampled users, items].
+    sampled_users, local_rows = np.unique(pair_users, return_inverse=True)
+    x_rows = dense_interactions(Csr(splits=np.concatenate([[0], np.cumsum(seen.splits[sampled_users + 1] - seen.splits[sampled_users])]),
+                                    values=np.concatenate([seen.values[seen.splits[u]:seen.splits[u + 1]] for u in sampled_users])),
+                                item_count)
+    scale, loss = fit_scale(x_rows, local_rows, pair_items, query_side, item_side, mask_seen)
     root = np.sqrt(scale)
 
     def table(side: np.ndarray) -> np.ndarray:
