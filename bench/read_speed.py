@@ -9,7 +9,8 @@ Generates a folder per layout in a temporary directory (or --work-dir, kept):
   62,423 movies as in MovieLens 25M, plus movies.csv;
 * ``generic``: interactions.csv with string ids ("user-000123", "sku-0004567"),
   integer timestamps and a weight, items.csv with a multi and a categorical
-  feature, schema.yaml.
+  feature, schema.yaml;
+* ``generic-parquet``: the same with interactions.parquet.
 
 Each folder is then read by ``trainer.readers.read_folder`` in a fresh
 process, which reports wall and CPU seconds of the read (CPU: all threads) and
@@ -34,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "read_speed.json"
@@ -85,7 +87,7 @@ def write_ml25m(folder: Path, rows: int, rng: np.random.Generator) -> None:
     _write_csv(ratings, folder / "ratings.csv")
 
 
-def write_generic(folder: Path, rows: int, rng: np.random.Generator) -> None:
+def write_generic(folder: Path, rows: int, rng: np.random.Generator, parquet: bool = False) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     ids, titles, genres = _catalog(rng)
     item_ids = pc.binary_join_element_wise("sku-", pc.utf8_lpad(pa.array(ids).cast(pa.string()), 7, "0"), "")
@@ -99,11 +101,22 @@ def write_generic(folder: Path, rows: int, rng: np.random.Generator) -> None:
         "timestamp": rng.integers(1_600_000_000, 1_700_000_000, size=rows),
         "weight": rng.integers(1, 4, size=rows).astype(np.float32),
     })  # fmt: skip
-    _write_csv(log, folder / "interactions.csv")
+    if parquet:
+        pq.write_table(log, folder / "interactions.parquet")
+    else:
+        _write_csv(log, folder / "interactions.csv")
     (folder / "schema.yaml").write_text(
         "items:\n  features:\n    genres: {kind: multi, separator: '|'}\n    brand: categorical\n    title: text\n"
         "  genre_filter: genres\n"
     )
+
+
+WRITERS = {
+    "ml-25m": write_ml25m,
+    "generic": write_generic,
+    "generic-parquet": lambda folder, rows, rng: write_generic(folder, rows, rng, parquet=True),
+}
+LOG_FILES = {"ml-25m": "ratings.csv", "generic": "interactions.csv", "generic-parquet": "interactions.parquet"}
 
 
 def measure(folder: Path) -> dict:
@@ -116,7 +129,7 @@ def measure(folder: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=25_000_000)
-    parser.add_argument("--layouts", nargs="+", choices=("ml-25m", "generic"), default=["ml-25m", "generic"])
+    parser.add_argument("--layouts", nargs="+", choices=tuple(WRITERS), default=list(WRITERS))
     parser.add_argument("--work-dir", type=Path, default=None, help="write the files here and keep them")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--seed", type=int, default=0)
@@ -127,10 +140,10 @@ def main() -> int:
         results = []
         for layout in args.layouts:
             folder = work / layout
-            log_file = folder / ("ratings.csv" if layout == "ml-25m" else "interactions.csv")
+            log_file = folder / LOG_FILES[layout]
             if not log_file.is_file() or args.work_dir is None:
                 started = time.perf_counter()
-                (write_ml25m if layout == "ml-25m" else write_generic)(folder, args.rows, np.random.default_rng(args.seed))
+                WRITERS[layout](folder, args.rows, np.random.default_rng(args.seed))
                 print(f"{layout}: wrote {args.rows:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
             figures = measure(folder)
             figures["file_bytes"] = log_file.stat().st_size

@@ -163,7 +163,7 @@ def test_max_bad_rows_skips_and_counts_them(ml100k_copy: Path) -> None:
 def test_an_unknown_item_is_an_error_or_with_the_flag_an_item_without_features(ml100k_copy: Path) -> None:
     with open(ml100k_copy / "u.data", "a") as f:
         f.write("1\t99999\t3\t881250949\n")
-    with pytest.raises(DataError, match=r"1 item ids are not in .*u\.item: '99999'.*--allow-unknown-items"):
+    with pytest.raises(DataError, match=r"1 item id is not in .*u\.item: '99999'.*--allow-unknown-items"):
         read_folder(ml100k_copy)
     dataset = read_folder(ml100k_copy, ReadOptions(allow_unknown_items=True))
     row = dataset.items.ids.tolist().index("99999")
@@ -175,7 +175,7 @@ def test_an_unknown_item_is_an_error_or_with_the_flag_an_item_without_features(m
 def test_an_unknown_user_is_an_error_or_with_the_flag_a_user_without_features(ml100k_copy: Path) -> None:
     with open(ml100k_copy / "u.data", "a") as f:
         f.write("777\t1\t3\t881250949\n")
-    with pytest.raises(DataError, match=r"user ids are not in .*u\.user: '777'.*--allow-unknown-users"):
+    with pytest.raises(DataError, match=r"user id is not in .*u\.user: '777'.*--allow-unknown-users"):
         read_folder(ml100k_copy)
     users = read_folder(ml100k_copy, ReadOptions(allow_unknown_users=True)).users
     assert users.ids[-1] == "777" and value_of(users, "gender", len(users) - 1) is None
@@ -351,7 +351,7 @@ def test_csv_release_errors(tmp_path: Path) -> None:
     ratings.write_text(ratings.read_text() + "9,1,4.0,abc\n9,999,4.0,978300760\n")
     with pytest.raises(DataError, match=f"{ratings}:10: timestamp 'abc' is not an integer"):
         read_folder(folder)
-    with pytest.raises(DataError, match="1 item ids are not in .*movies.csv: '999'"):
+    with pytest.raises(DataError, match="1 item id is not in .*movies.csv: '999'"):
         read_folder(folder, ReadOptions(max_bad_rows=1))
     dataset = read_folder(folder, ReadOptions(max_bad_rows=1, allow_unknown_items=True))
     assert dataset.items.ids[-1] == "999" and len(dataset.items) == len(MOVIES) + 1
@@ -532,9 +532,9 @@ def test_generic_unknown_items_and_users(tmp_path: Path) -> None:
     import pyarrow as pa
 
     pq.write_table(pa.concat_tables([log, pa.table(extra, schema=log.schema)]), folder / "interactions.parquet")
-    with pytest.raises(DataError, match=re_escape("1 user ids are not in") + ".*'zoe'.*--allow-unknown-users"):
+    with pytest.raises(DataError, match=re_escape("1 user id is not in") + ".*'zoe'.*--allow-unknown-users"):
         read_folder(folder)
-    with pytest.raises(DataError, match=re_escape("1 item ids are not in") + ".*'sku-404' \\(the first in data row 6\\)"):
+    with pytest.raises(DataError, match=re_escape("1 item id is not in") + ".*'sku-404' \\(the first in data row 6\\)"):
         read_folder(folder, ReadOptions(allow_unknown_users=True))
     dataset = read_folder(folder, ReadOptions(allow_unknown_users=True, allow_unknown_items=True))
     assert dataset.items.ids[-1] == "sku-404" and value_of(dataset.items, "tags", len(dataset.items) - 1) == []
@@ -581,3 +581,46 @@ def test_a_spreadsheet_bom_and_gzip_are_read(tmp_path: Path) -> None:
     with gzip.open(folder / "interactions.tsv.gz", "wt") as f:
         f.write('user_id\titem_id\n"u\tx\n')
     assert read_folder(folder).users.ids.tolist() == ['"u']  # .tsv: no quoting
+
+
+def test_parquet_integer_and_dictionary_ids(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    log = pa.table({"user_id": pa.array([30, 4, 30], pa.int64()),
+                    "item_id": pa.array(["b", "a", " "]).dictionary_encode(),
+                    "timestamp": pa.array([5, 6, 7], pa.int32())})  # fmt: skip
+    pq.write_table(log, folder / "interactions.parquet")
+    with pytest.raises(DataError, match=re_escape(f"{folder / 'interactions.parquet'}:3: no item_id")):
+        read_folder(folder)
+    dataset = read_folder(folder, ReadOptions(max_bad_rows=1))
+    assert dataset.users.ids.tolist() == ["4", "30"] and dataset.items.ids.tolist() == ["a", "b"]
+    assert dataset_sets(dataset) == {"30": {"b"}, "4": {"a"}} and dataset.interactions.timestamps.tolist() == [5, 6]
+
+
+def test_many_unknown_items_are_counted_and_the_first_named(tmp_path: Path) -> None:
+    folder = tmp_path / "log"
+    folder.mkdir()
+    (folder / "items.csv").write_text("item_id\nknown\n")
+    rows = "".join(f"u,missing-{i}\n" for i in range(7))
+    (folder / "interactions.csv").write_text("user_id,item_id\nu,known\n" + rows)
+    with pytest.raises(DataError, match="7 item ids are not in .*items.csv: 'missing-0', .* and 2 more"):
+        read_folder(folder)
+    dataset = read_folder(folder, ReadOptions(allow_unknown_items=True))
+    assert len(dataset.items) == 8 and dataset.items.ids[0] == "known" and len(dataset.interactions) == 8
+
+
+def test_read_dataset_reports_what_it_skipped(ml100k_copy: Path) -> None:
+    path = ml100k_copy / "u.data"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[3:3] = ["1\t2\n", "1\t2\tx\t4\n"]  # lines 4 and 5
+    path.write_text("".join(lines))
+    parser = argparse.ArgumentParser()
+    add_reader_flags(parser)
+    printed: list[str] = []
+    dataset = read_dataset(parser.parse_args(["--data-dir", str(ml100k_copy), "--max-bad-rows", "2"]), log=printed.append)
+    assert dataset.bad_rows == 2
+    assert "skipped 2 malformed rows (--max-bad-rows 2), first:" in printed
+    assert f"  {path}:4: expected 4 fields, got 2" in printed and f"  {path}:5: rating 'x' is not an integer" in printed

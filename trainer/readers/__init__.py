@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.dataset import Dataset
-from trainer.readers import ml100k
+from trainer.readers import generic, ml100k, ml_csv, ml_dat
 from trainer.readers.download import DATA_DIR_VARIABLES, resolve_data_dir
 from trainer.readers.tables import BadRowBudget, DataError
 
@@ -73,8 +73,6 @@ def detect_format(data_dir: Path) -> str:
         return ML1M if "users.dat" in has else ML10M
     if "ratings.csv" in has:
         return MLCSV
-    from trainer.readers import generic
-
     if generic.looks_generic(data_dir):
         return GENERIC
     raise DataError(
@@ -107,16 +105,10 @@ def _read(data_dir: Path, options: ReadOptions) -> tuple[Dataset, dict[str, int]
     if layout == ML100K:
         dataset, counts = ml100k.read(data_dir, budget, **common)
     elif layout in (ML1M, ML10M):
-        from trainer.readers import ml_dat
-
         dataset, counts = ml_dat.read(data_dir, budget, layout=layout, **common)
     elif layout == MLCSV:
-        from trainer.readers import ml_csv
-
         dataset, counts = ml_csv.read(data_dir, budget, **common)
     else:
-        from trainer.readers import generic
-
         dataset, counts = generic.read(data_dir, budget, options, **common)
     return dataset, {**counts, "shown_bad_rows": budget.skipped}
 
@@ -125,7 +117,10 @@ def summary(dataset: Dataset) -> str:
     """One line for the log: what was read."""
     seen = np.zeros(len(dataset.items), dtype=bool)
     seen[dataset.interactions.items] = True
-    features = lambda table: ", ".join(f"{f.name} ({f.kind})" for f in table.features) or "none"  # noqa: E731
+
+    def features(table) -> str:
+        return ", ".join(f"{f.name} ({f.kind})" for f in table.features) or "none"
+
     return (
         f"{dataset.layout}: {len(dataset.interactions)} interactions, {len(dataset.users)} users, "
         f"{len(dataset.items)} items ({int((~seen).sum())} without interactions); "

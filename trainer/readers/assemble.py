@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trainer.dataset import CATEGORICAL, MULTI, NUMERIC, TEXT, Csr, Dataset, Feature, Interactions, Table
-from trainer.readers.tables import DataError, files_sha256
+from trainer.readers.tables import DataError, GrowingDictionary, files_sha256
 
 # Title tokens: runs of lower-case letters and digits (the rest separates them).
 TOKEN_SEPARATOR_PATTERN = r"[^a-z0-9]+"
@@ -57,10 +57,10 @@ def encode_ids(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarr
             return codes, (distinct + low).astype(str)
     if isinstance(values, pa.ChunkedArray):
         if pa.types.is_dictionary(values.type):
-            values = values.unify_dictionaries()
-            dictionary = values.chunk(0).dictionary if values.num_chunks else pa.array([], pa.string())
-            indices = pa.chunked_array([c.indices for c in values.chunks], pa.int32())
-            values = pa.DictionaryArray.from_arrays(indices.combine_chunks(), dictionary)
+            merged = GrowingDictionary()
+            for chunk in values.chunks:
+                merged.add_encoded(chunk.cast(pa.dictionary(pa.int32(), pa.string())))
+            values = merged.column()
         else:
             values = pc.dictionary_encode(values.combine_chunks())
     elif not pa.types.is_dictionary(values.type):
@@ -112,7 +112,9 @@ def categorical_feature(name: str, values: pa.Array, vocab: Sequence[str] | None
     return Feature(name, CATEGORICAL, vocab, codes=_codes_in(values, vocab))
 
 
-def _list_feature(name: str, kind: str, lists: pa.ListArray, vocab: Sequence[str] | None, ignore: Sequence[str]) -> Feature:
+def _list_feature(
+    name: str, kind: str, lists: pa.ListArray, vocab: Sequence[str] | None, ignore: Sequence[str]
+) -> Feature:
     """A list column -> Csr of codes, dropping blank and ``ignore`` entries."""
     lists = pc.fill_null(lists, pa.scalar([], lists.type)) if lists.null_count else lists
     offsets = lists.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -120,7 +122,8 @@ def _list_feature(name: str, kind: str, lists: pa.ListArray, vocab: Sequence[str
     flat = _present(lists.flatten())
     keep = pc.is_valid(flat)
     if ignore:
-        keep = pc.and_(keep, pc.invert(pc.fill_null(pc.is_in(flat, value_set=pa.array(list(ignore), pa.string())), False)))
+        ignored = pc.fill_null(pc.is_in(flat, value_set=pa.array(list(ignore), pa.string())), False)
+        keep = pc.and_(keep, pc.invert(ignored))
     keep_np = keep.to_numpy(zero_copy_only=False)
     kept = flat.filter(keep)
     if vocab is None:
@@ -159,7 +162,8 @@ def flags_feature(name: str, flags: np.ndarray, vocab: Sequence[str]) -> Feature
     """A 0/1 matrix [rows, len(vocab)] (e.g. u.item's genre flags) -> a multi feature in vocab order."""
     rows, columns = np.nonzero(flags)
     splits = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(flags)))]).astype(np.int64)
-    return Feature(name, MULTI, np.asarray(vocab, dtype=str), lists=Csr(splits=splits, values=(columns + 1).astype(np.int32)))
+    codes = (columns + 1).astype(np.int32)
+    return Feature(name, MULTI, np.asarray(vocab, dtype=str), lists=Csr(splits=splits, values=codes))
 
 
 def with_missing_rows(table: Table, new_ids: np.ndarray) -> Table:
@@ -247,7 +251,8 @@ def _join(
         named = ", ".join(repr(x) for x in distinct[unknown[:SHOWN_IDS]].tolist())
         more = f" and {len(unknown) - SHOWN_IDS} more" if len(unknown) > SHOWN_IDS else ""
         raise DataError(
-            f"{log_path}: {len(unknown)} {role} ids are not in {catalog.path}: {named}{more} "
+            f"{log_path}: {len(unknown)} {role} {'ids are' if len(unknown) > 1 else 'id is'} not in "
+            f"{catalog.path}: {named}{more} "
             f"(the first in data row {first_row}); add them to {catalog.path.name}, or pass {flag} "
             f"to train them as {role}s without features"
         )

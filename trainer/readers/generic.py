@@ -188,8 +188,9 @@ def load_schema(data_dir: Path, options) -> tuple[Schema, Path | None]:
     if genre_filter is not None:
         feature = sections["items"].features.get(genre_filter)
         if feature is None or feature.kind != MULTI:
+            declared = ", ".join(f"{f.name} ({f.kind})" for f in sections["items"].features.values()) or "none"
             raise DataError(f"{where}: the genre filter {genre_filter!r} must be one of the items' multi features "
-                            f"(declared: {', '.join(f'{f.name} ({f.kind})' for f in sections['items'].features.values()) or 'none'})")
+                            f"(declared: {declared})")
     interactions = _resolve(data_dir, log.get("file"), "interactions")
     if interactions is None:
         raise DataError(f"{data_dir}: no interactions file; expected {LOOKED_FOR}")

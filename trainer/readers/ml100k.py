@@ -59,7 +59,7 @@ def read_items(path: Path, genres: list[str], budget: BadRowBudget) -> Catalog:
     table = read_delimited(path, layout, columns, budget)
     if table.num_rows == 0:
         raise DataError(f"{path}: no movies")
-    flag_matrix = np.stack([table.column(f).to_numpy() for f in flags], axis=1) if flags else np.zeros((table.num_rows, 0))
+    flag_matrix = np.stack([table.column(f).to_numpy() for f in flags], axis=1)
     if not np.isin(flag_matrix, (0, 1)).all():
         row = int(np.flatnonzero(~np.isin(flag_matrix, (0, 1)).all(axis=1))[0])
         raise DataError(f"{path}: data row {row + 1}: genre flags must be 0 or 1, got {flag_matrix[row].tolist()}")

@@ -22,7 +22,17 @@ from trainer.dataset import Dataset, Table
 from trainer.readers import movielens
 from trainer.readers.assemble import Catalog, Log, build_dataset, log_columns, multi_feature, to_numpy
 from trainer.readers.ml_dat import NO_GENRES
-from trainer.readers.tables import FLOAT32, INT32, INT64, STRING, BadRowBudget, Column, DataError, Delimited, read_delimited
+from trainer.readers.tables import (
+    FLOAT32,
+    INT32,
+    INT64,
+    STRING,
+    BadRowBudget,
+    Column,
+    DataError,
+    Delimited,
+    read_delimited,
+)
 
 # The releases' own folder names, kept as the Dataset's layout when the folder has one of them.
 RELEASE_FOLDER = re.compile(r"^ml-(20m|25m|32m|latest|latest-small)$")
@@ -39,7 +49,11 @@ def read_ratings(path: Path, budget: BadRowBudget) -> Log:
 
 
 def read_movies(path: Path, budget: BadRowBudget) -> Catalog:
-    columns = {"movieId": Column(STRING), "title": Column(STRING, required=False), "genres": Column(STRING, required=False)}
+    columns = {
+        "movieId": Column(STRING),
+        "title": Column(STRING, required=False),
+        "genres": Column(STRING, required=False),
+    }
     table = read_delimited(path, Delimited(), columns, budget)
     if table.num_rows == 0:
         raise DataError(f"{path}: no movies")

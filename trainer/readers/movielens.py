@@ -60,7 +60,8 @@ def demographic_features(
     age = pc.if_else(pc.greater(age, 0), age, None)
     gender = pc.utf8_upper(pc.utf8_trim_whitespace(genders.cast(pa.string())))
     if not isinstance(occupations, Feature):
-        occupations = categorical_feature(OCCUPATION, pc.utf8_lower(pc.utf8_trim_whitespace(occupations.cast(pa.string()))))
+        lowered = pc.utf8_lower(pc.utf8_trim_whitespace(occupations.cast(pa.string())))
+        occupations = categorical_feature(OCCUPATION, lowered)
     return (
         numeric_feature(AGE, age),
         categorical_feature(GENDER, gender),

@@ -4,13 +4,15 @@ Every reader of ``trainer.readers`` reads its files through ``read_delimited``
 or ``read_parquet``: pyarrow parses the bytes (quoting, encodings, threads),
 never a Python loop over lines.
 
-The fast path reads with the final column types on all cores. Only when it
-meets a problem (a row with the wrong number of fields, a value that does not
-convert, a required value missing) is the file read again, single-threaded and
-as strings, to find every bad row with its line number: pyarrow numbers rows
-by physical line only when empty lines are kept and parsing is serial. Each bad
-row is then either an error naming ``file:line`` and the reason, or, within
-``--max-bad-rows``, skipped and counted.
+The fast path reads with the final column types on all cores (a log with
+string ids batch by batch, each batch's ids coded into int32 at once, so that
+the strings of the whole log never coexist). Only when it meets a problem (a
+row with the wrong number of fields, a value that does not convert, a required
+value missing) is the file read again, single-threaded and as strings, to find
+every bad row with its line number: pyarrow numbers rows by physical line only
+when empty lines are kept and parsing is serial. Each bad row is then either an
+error naming ``file:line`` and the reason, or, within ``--max-bad-rows``,
+skipped and counted.
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ _FAST_TYPES = {
     INT64: pa.int64(),
     FLOAT32: pa.float32(),
     STRING: pa.string(),
-    # Ids stay strings but are stored once per distinct value: a 25M-row log of
-    # string ids costs 4 bytes a row, not the strings' length.
-    ID: pa.dictionary(pa.int32(), pa.string()),
+    # Parsed as text, then coded batch by batch (GrowingDictionary): a 25M-row log
+    # of string ids costs 4 bytes a row per id column, not the strings' length.
+    ID: pa.string(),
     # The empty fields between the two ':' of a '::' separator: a null column accepts nothing else.
     EMPTY: pa.null(),
 }
@@ -114,7 +116,8 @@ class Delimited:
 
     def wrong_width(self, expected: int, actual: int) -> str:
         if self.double_colon:
-            return f"expected {(expected + 1) // 2} fields separated by '::' ({expected - 1} ':'), found {actual - 1} ':'"
+            fields = (expected + 1) // 2
+            return f"expected {fields} fields separated by '::' ({expected - 1} ':'), found {actual - 1} ':'"
         return f"expected {expected} fields, got {actual}"
 
 
@@ -214,27 +217,39 @@ def _read_fast(path: Path, layout: Delimited, columns: Mapping[str, Column]) -> 
     return table
 
 
-class _GrowingDictionary:
-    """Codes string values batch by batch against one dictionary that grows as new values appear.
+class GrowingDictionary:
+    """Codes string values chunk by chunk against one dictionary that grows as new values appear.
 
-    Each batch is dictionary-encoded on its own and only its distinct values are looked up in
-    the dictionary so far, so memory holds the int32 codes and each distinct id once.
+    Each chunk is dictionary-encoded on its own (or comes so, from Parquet) and only its
+    distinct values are looked up in the dictionary so far, so memory holds the int32 codes
+    and each distinct id once. Parquet repeats a row group's dictionary in every chunk of
+    it: a chunk whose dictionary equals the previous one reuses its lookup.
     """
 
     def __init__(self) -> None:
         self.values = pa.array([], pa.string())
         self.codes: list[np.ndarray] = []
+        self._last: tuple[pa.Array, np.ndarray] | None = None
 
-    def add(self, batch_values: pa.Array) -> None:
-        encoded = pc.dictionary_encode(batch_values)
+    def add(self, values: pa.Array) -> None:
+        self.add_encoded(values if pa.types.is_dictionary(values.type) else pc.dictionary_encode(values))
+
+    def add_encoded(self, encoded: pa.DictionaryArray) -> None:
         local = encoded.dictionary
-        found = pc.fill_null(pc.index_in(local, value_set=self.values), -1).to_numpy(zero_copy_only=False)
-        new = found < 0
-        if new.any():
+        if self._last is not None and self._last[0].equals(local):
+            found = self._last[1]
+        else:
+            found = pc.fill_null(pc.index_in(local, value_set=self.values), -1).to_numpy(zero_copy_only=False)
             found = found.astype(np.int32)
-            found[new] = len(self.values) + np.arange(int(new.sum()), dtype=np.int32)
-            self.values = pa.concat_arrays([self.values, local.filter(pa.array(new))])
-        self.codes.append(found.astype(np.int32, copy=False)[encoded.indices.to_numpy(zero_copy_only=False)])
+            new = found < 0
+            if new.any():
+                found[new] = len(self.values) + np.arange(int(new.sum()), dtype=np.int32)
+                self.values = pa.concat_arrays([self.values, local.filter(pa.array(new))])
+            self._last = (local, found)
+        indices = encoded.indices
+        if indices.null_count:
+            raise ValueError("null ids must be removed before coding")
+        self.codes.append(found[indices.to_numpy(zero_copy_only=False)])
 
     def column(self) -> pa.DictionaryArray:
         codes = np.concatenate(self.codes) if self.codes else np.zeros(0, dtype=np.int32)
@@ -251,8 +266,8 @@ def _read_streaming(path: Path, layout: Delimited, columns: Mapping[str, Column]
         invalid_rows.append(row)
         return "error"
 
-    types = {name: pa.string() if c.kind == ID else _FAST_TYPES[c.kind] for name, c in columns.items() if c.kind in _FAST_TYPES}
-    dictionaries = {name: _GrowingDictionary() for name, c in columns.items() if c.kind == ID}
+    types = {name: _FAST_TYPES[c.kind] for name, c in columns.items() if c.kind in _FAST_TYPES}
+    dictionaries = {name: GrowingDictionary() for name, c in columns.items() if c.kind == ID}
     chunks: dict[str, list[pa.Array]] = {name: [] for name in columns if name not in dictionaries}
     try:
         reader = pa_csv.open_csv(
@@ -461,37 +476,66 @@ def read_parquet(path: Path, columns: Mapping[str, Column], budget: BadRowBudget
             f"{path}: no column {', '.join(repr(m) for m in missing)} (the file has: {', '.join(schema.names)}); "
             f"expected columns {', '.join(columns)}"
         )
-    table = pq.read_table(path, columns=list(columns))
+    # Text ids are read dictionary-encoded (4 bytes a row), as the delimited reader codes them.
+    text_ids = [name for name, c in columns.items() if c.kind == ID and _is_text(schema.field(name).type)]
+    table = pq.read_table(path, columns=list(columns), read_dictionary=text_ids)
     bad = np.zeros(table.num_rows, dtype=bool)
     reasons: list[BadRow] = []
     out = {}
     for name, column in columns.items():
-        values = table.column(name)
-        converted = _parquet_column(path, name, column, values)
+        values = _parquet_column(path, name, column, table.column(name))
         if column.required:
-            absent = values.is_null()
-            if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-                absent = pc.or_(absent, pc.equal(pc.utf8_trim_whitespace(values), ""))
-            absent_np = pc.fill_null(absent, True).to_numpy(zero_copy_only=False) & ~bad
+            absent_np = _absent(values) & ~bad
             for row in np.flatnonzero(absent_np)[:SHOWN_BAD_ROWS].tolist():
                 reasons.append(BadRow(path, row + 1, f"no {name}"))
             bad |= absent_np
-        out[name] = converted
+        out[name] = values
+    del table
     reasons.sort(key=lambda r: r.line)
     budget.spend(path, reasons[:SHOWN_BAD_ROWS], int(bad.sum()))
+    if not bad.any():
+        return pa.table(out)
     keep = pa.array(~bad)
     return pa.table({name: values.filter(keep) for name, values in out.items()})
 
 
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _absent(values: pa.ChunkedArray) -> np.ndarray:
+    """bool [n]: null, or blank text (looked up once per dictionary entry for dictionary columns)."""
+    parts = []
+    for chunk in values.chunks:
+        missing = chunk.is_null().to_numpy(zero_copy_only=False)
+        if pa.types.is_dictionary(chunk.type):
+            blank = pc.equal(pc.utf8_trim_whitespace(chunk.dictionary), "").to_numpy(zero_copy_only=False)
+            if blank.any():
+                indices = pc.fill_null(chunk.indices, 0).to_numpy(zero_copy_only=False)
+                missing |= blank[indices]
+        elif _is_text(chunk.type):
+            missing |= pc.fill_null(pc.equal(pc.utf8_trim_whitespace(chunk), ""), False).to_numpy(zero_copy_only=False)
+        parts.append(missing)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+
 def _parquet_column(path: Path, name: str, column: Column, values: pa.ChunkedArray) -> pa.ChunkedArray:
     kind, t = column.kind, values.type
-    if kind in (ID, STRING):
+    if kind == ID:
+        if pa.types.is_dictionary(t) and _is_text(t.value_type):
+            return values.cast(pa.dictionary(pa.int32(), pa.string()))
+        if pa.types.is_integer(t):
+            return values  # coded by value (trainer.readers.assemble.encode_ids), written as decimal text
+        if _is_text(t):
+            return values.cast(pa.string())
+        raise DataError(f"{path}: column {name!r} has type {t}; expected text or integers")
+    if kind == STRING:
         if pa.types.is_dictionary(t):
             values = values.cast(t.value_type)
-        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type) or pa.types.is_integer(values.type)):
+            t = values.type
+        if not (_is_text(t) or pa.types.is_integer(t)):
             raise DataError(f"{path}: column {name!r} has type {t}; expected text or integers")
-        values = values.cast(pa.string())
-        return pc.dictionary_encode(values) if kind == ID else values
+        return values.cast(pa.string())
     if kind == TIME:
         if pa.types.is_integer(t):
             return values.cast(pa.int64())
