@@ -52,8 +52,17 @@ def test_chunking_does_not_change_the_result() -> None:
     pair_users, pair_items = rng.integers(0, 50, 200), rng.integers(0, 30, 200)
     seen = Csr.from_lists([sorted(set(rng.integers(0, 30, 5).tolist())) for _ in range(50)])
     whole = ev.hit_rates(users, items, pair_users, pair_items, seen, max_k=30)
-    chunked = ev.hit_rates(users, items, pair_users, pair_items, seen, max_k=30, chunk=7)
+    chunked = ev.hit_rates(users, items, pair_users, pair_items, seen, max_k=30, chunk_scores=7 * 30)
     np.testing.assert_array_equal(whole, chunked)
+    # The same as ranking every item of each user's row by sorting (rank_positions).
+    counts = np.zeros(31)
+    for u, i in zip(pair_users, pair_items):
+        row_seen = seen.values[seen.splits[u] : seen.splits[u + 1]]
+        excluded = np.zeros((1, 30), dtype=bool)
+        excluded[0, row_seen] = True
+        rank = 30 if i in row_seen else ev.rank_positions((users[u] @ items.T)[None, :], excluded)[0, i]
+        counts[min(rank, 30)] += 1
+    np.testing.assert_allclose(whole, np.cumsum(counts[:30]) / len(pair_users))
     assert whole[-1] == pytest.approx(1.0 - np.mean([i in seen.values[seen.splits[u] : seen.splits[u + 1]] for u, i in zip(pair_users, pair_items)]))
 
 

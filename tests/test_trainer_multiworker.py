@@ -33,7 +33,7 @@ def test_two_workers_publish_one_servable_bundle(tmp_path: Path) -> None:
         env = service_env(TF_CONFIG=json.dumps(config), RECSYS_CACHE_DIR=str(tmp_path / "no-download"))
         log = open(tmp_path / f"worker{index}.log", "wb")
         command = [sys.executable, "-m", "trainer", "train", "--data-dir", str(data), "--model-base", str(model_base),
-                   "--epochs", "2", "--batch-size", "256"]  # fmt: skip
+                   "--epochs", "2", "--batch-size", "256", "--validation-fraction", "0"]  # fmt: skip
         procs.append((subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     try:
         codes = [proc.wait(timeout=240) for proc, _ in procs]

@@ -94,26 +94,10 @@ def _decimal_ids(first: int, last: int) -> np.ndarray:
 
 
 def _save_lookup_tower(path: Path, user_ids: np.ndarray, vectors: np.ndarray) -> None:
-    """A SavedModel whose tower maps user_id -> its row of ``vectors`` (row 0 for unknown ids)."""
-    import tensorflow as tf
-
+    """A SavedModel that maps user_id -> its row of ``vectors`` (row 0 for unknown ids, row r + 1 for user_ids[r])."""
     from trainer.export import save_user_tower
 
-    class LookupTower(tf.Module):
-        def __init__(self):
-            super().__init__(name="lookup_tower")
-            self.table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(
-                    tf.constant(user_ids), tf.range(1, len(user_ids) + 1, dtype=tf.int64)
-                ),
-                default_value=0,
-            )
-            self.vectors = tf.Variable(vectors, trainable=False, name="vectors")
-
-        def __call__(self, ids: tf.Tensor) -> tf.Tensor:
-            return tf.gather(self.vectors, self.table.lookup(ids))
-
-    save_user_tower(LookupTower(), path)
+    save_user_tower(path, user_ids, vectors[1:], vectors[0])
 
 
 def write_synthetic_bundle(model_base: Path, config: SyntheticConfig) -> Path:

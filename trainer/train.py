@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -52,6 +53,8 @@ from trainer.warm_start import ease_warm_start
 
 EARLY_STOPPING_METRIC = "val_hr_score"
 TEST_USERS = 20_000  # the offline evaluation scores at most this many test users (a seeded sample)
+# ... and at most this many user x item scores per pass (validation runs two passes per epoch).
+SCORES_PER_EVALUATION = 250_000_000
 EMBED_BATCH = 8192
 
 
@@ -97,8 +100,7 @@ class Towers:
 
     def item_vectors(self) -> np.ndarray:
         """The candidate tower over the catalog: float32 [items, dim]."""
-        count = len(next(iter(self.item_columns.values()))) if self.item_columns else None
-        count = count if count is not None else self.candidate.item_embedding.input_dim - 1
+        count = self.candidate.item_embedding.input_dim - 1  # row 0 is the unknown item
         parts = []
         for start in range(0, count, EMBED_BATCH):
             rows = np.arange(start, min(start + EMBED_BATCH, count))
@@ -167,6 +169,32 @@ class ValidationHitRate(keras.callbacks.Callback):
             f"epoch {epoch + 1}: validation HR@10 {hr[9]:.4f}  HR@100 {hr[99]:.4f} (seen excluded); "
             f"all ranked {hr_all[9]:.4f} / {hr_all[99]:.4f} ({len(self._user_rows):,} users)"
         )
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """Every ``every`` seconds of an epoch: steps done of ``steps`` and interactions/s so far
+    (Keras' own verbose=2 prints once per epoch only, which is rare on a large log)."""
+
+    def __init__(self, steps: int, batch_size: int, log, every: float = 30.0):
+        super().__init__()
+        self._steps, self._batch, self._log, self._every = steps, batch_size, log, every
+        self._started = self._last = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = self._last = time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        now = time.monotonic()
+        if now - self._last >= self._every:
+            self._last = now
+            rate = (batch + 1) * self._batch / (now - self._started)
+            self._log(f"  step {batch + 1:,}/{self._steps:,}: {rate:,.0f} interactions/s, loss {float(logs['loss']):.1f}")
+
+
+def _users_to_score(limit: int, item_count: int) -> int:
+    """At most ``limit`` users, and fewer for a catalog so large that they would cost
+    more than SCORES_PER_EVALUATION scores (250 users at a million items)."""
+    return max(100, min(limit, SCORES_PER_EVALUATION // max(item_count, 1)))
 
 
 def held_out_set(
@@ -297,7 +325,7 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
     if len(split.validation):
         val_users, val_items, _ = _interactions(ds, split.validation)
         val_set, val_rows = held_out_set(val_users, val_items, fit_log.seen, fit_log.item_probability,
-                                         config.validation_users, config.seed)
+                                         _users_to_score(config.validation_users, item_count), config.seed)
         validation = ValidationHitRate(towers, fit_log.seen, val_rows, val_set, log)
         callbacks = [
             validation,
@@ -316,6 +344,8 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
     per_replica_batch = batch_size // shards if shards > 1 else batch_size
     steps = -(-(len(fit_log) // shards) // per_replica_batch)
     data = dataset_for() if strategy is None else strategy.distribute_datasets_from_function(dataset_for)
+    if verbose == 2:  # not a terminal: no progress bar, so a line every 30 s
+        callbacks.insert(0, ProgressLog(steps, batch_size, log))
     fit_started = time.monotonic()
     history = model.fit(data, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=verbose).history
     fit_seconds = time.monotonic() - fit_started
@@ -371,7 +401,8 @@ def train(ds: Dataset, config: TrainConfig, model_base: Path, verbose: int = 2, 
     report = None
     if len(split.test):
         test_users, test_items, _ = _interactions(ds, split.test)
-        test_set, test_rows = held_out_set(test_users, test_items, train_seen, popularity, TEST_USERS, config.seed)
+        test_set, test_rows = held_out_set(test_users, test_items, train_seen, popularity,
+                                           _users_to_score(TEST_USERS, len(ds.items)), config.seed)
         vectors = towers.user_vectors(train_seen, test_rows)  # what serving_default returns for them
         report = ev.evaluate(vectors, item_vectors, test_set)
         log(ev.format_table(report))
@@ -422,8 +453,6 @@ def train(ds: Dataset, config: TrainConfig, model_base: Path, verbose: int = 2, 
     log(f"run: {seconds:.0f} s, {rate:,.0f} interactions/s over the whole run (reading and export included), "
         f"peak RSS {_peak_rss_bytes() / 2**30:.2f} GiB")
     if not chief:
-        import shutil
-
         shutil.rmtree(model_base, ignore_errors=True)
         bundle = None
     return TrainResult(bundle=bundle, report=report, interactions_per_second=rate)
