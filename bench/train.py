@@ -397,6 +397,8 @@ def chart(results: dict, path: Path) -> None:
     right.set_ylabel("GB")
     for ax in (left, right):
         ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(sizes, [f"{size:.0f}M" for size in sizes])
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"python -m trainer train --epochs 1, {results['machine']['cpus']} CPUs")

@@ -27,8 +27,9 @@ term). "Without repeating" keeps the first occurrence of each item in a
 with-replacement stream, which is exactly successive sampling. Users are
 processed in chunks, so memory stays bounded.
 
-Timestamps increase along each user's draws (sessions of minutes, gaps of
-days). Item metadata carries signal: genres are drawn from the item factors
+Time: each user's items are put in a random order and given increasing
+timestamps (sessions of minutes, gaps of days); the planted taste does not
+drift. Item metadata carries signal: genres are drawn from the item factors
 (a logistic model per genre direction), the year from one factor direction,
 the title's first word from the item's topic. User demographics (generic and
 ml-100k layouts, which have a users file) are drawn from the user factors.
