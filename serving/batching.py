@@ -76,7 +76,11 @@ class MicroBatcher(Generic[T, R]):
 
     async def _run_alone(self, items: list[T]) -> list[R]:
         metrics.BATCH_SIZE.labels(self._stage).observe(len(items))
-        results = list(await self._run_batch(items))
+        if tracing.enabled:
+            with tracing.batch_span(self._stage, [tracing.capture()], len(items)):
+                results = list(await self._run_batch(items))
+        else:
+            results = list(await self._run_batch(items))
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
             raise failure
