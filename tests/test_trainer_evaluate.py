@@ -104,3 +104,19 @@ def test_test_interactions_round_trip(tmp_path: Path) -> None:
     path.write_text("user_id\titem_id\n1\t50\nbroken\n")
     with pytest.raises(DataError, match=r":3: expected"):
         ev.read_test_interactions(path)
+
+
+def test_extra_baselines_get_their_own_rows_in_the_report_and_table():
+    # Two users, three items; the "oracle" baseline scores each user's held-out item highest.
+    data = ev.EvaluationSet(
+        pair_users=np.array([0, 1]), pair_items=np.array([2, 0]),
+        seen=Csr(splits=np.array([0, 1, 2]), values=np.array([0, 1], dtype=np.int32)),
+        popularity=np.array([0.5, 0.3, 0.2]),
+    )
+    oracle_users = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], dtype=np.float32)
+    report = ev.evaluate(np.ones((2, 1), np.float32), np.ones((3, 1), np.float32), data,
+                         {"oracle": (oracle_users, np.eye(3, dtype=np.float32))})
+    assert report["oracle"]["all"][0] == 1.0 and report["oracle"]["seen_excluded"][0] == 1.0
+    assert report["popularity"]["all"][0] == 0.5  # item 0 tops both lists; only user 1 held it out
+    assert "oracle (seen_excluded)" in ev.format_table(report)
+    assert "oracle/all/hr@1" in ev.headline(report)

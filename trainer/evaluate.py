@@ -100,11 +100,18 @@ class EvaluationSet:
     popularity: np.ndarray
 
 
-def evaluate(user_vectors: np.ndarray, item_vectors: np.ndarray, data: EvaluationSet) -> dict:
-    """HR@1..100 of the model and of the popularity baseline, both protocols.
+def evaluate(
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    data: EvaluationSet,
+    baselines: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> dict:
+    """HR@1..100 of the model, the popularity baseline and any further ``baselines``, both protocols.
 
+    ``baselines``: name -> (user vectors, item vectors) scored like the model
+    (e.g. "ease": the users' training rows and EASE's item-item weights).
     Returns a JSON-able report: {"k": [...], "pairs": p, "users": u,
-    "model": {"all": [...], "seen_excluded": [...]}, "popularity": {...}}.
+    "model": {"all": [...], "seen_excluded": [...]}, "popularity": {...}, ...}.
     """
     popularity_user = np.ones((user_vectors.shape[0], 1), dtype=np.float32)
     popularity_items = data.popularity.astype(np.float32)[:, None]
@@ -116,6 +123,7 @@ def evaluate(user_vectors: np.ndarray, item_vectors: np.ndarray, data: Evaluatio
     for name, users, items in (
         ("model", user_vectors, item_vectors),
         ("popularity", popularity_user, popularity_items),
+        *((name, users, items) for name, (users, items) in (baselines or {}).items()),
     ):
         report[name] = {
             protocol: hit_rates(
@@ -130,17 +138,22 @@ def headline(report: Mapping) -> dict[str, float]:
     """Flat {"model/seen_excluded/hr@10": 0.19, ...} at TABLE_KS, for the manifest."""
     return {
         f"{name}/{protocol}/hr@{k}": report[name][protocol][k - 1]
-        for name in ("model", "popularity")
+        for name in _rows(report)
         for protocol in PROTOCOLS
         for k in TABLE_KS
     }
+
+
+def _rows(report: Mapping) -> list[str]:
+    """The scored rows of a report: model, popularity, then any baselines (e.g. ease)."""
+    return [name for name, value in report.items() if isinstance(value, Mapping) and "all" in value]
 
 
 def format_table(report: Mapping) -> str:
     """A fixed-width text table of HR@K at TABLE_KS."""
     header = f"{'HR@K':<28}" + "".join(f"{f'@{k}':>9}" for k in TABLE_KS)
     lines = [f"{report['pairs']} held-out pairs, {report['users']} users", header]
-    for name in ("model", "popularity"):
+    for name in _rows(report):
         for protocol in PROTOCOLS:
             values = "".join(f"{report[name][protocol][k - 1]:>9.4f}" for k in TABLE_KS)
             lines.append(f"{f'{name} ({protocol})':<28}{values}")
@@ -157,7 +170,8 @@ def write_report(report: Mapping, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, color in (("model", "tab:blue"), ("popularity", "tab:gray")):
+    colors = {"model": "tab:blue", "popularity": "tab:gray", "ease": "tab:orange"}
+    for name, color in ((name, colors.get(name, "tab:green")) for name in _rows(report)):
         for protocol, style in (("seen_excluded", "-"), ("all", "--")):
             ax.plot(report["k"], report[name][protocol], style, color=color, label=f"{name}, {protocol.replace('_', ' ')}")
     ax.set_xlabel("K")

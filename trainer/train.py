@@ -49,7 +49,12 @@ from trainer.export import ITEM_TOWER, save_item_tower, save_user_tower
 from trainer.features import empty_columns, feature_columns, feature_specs, seen_csr
 from trainer.model import HISTORY_MEAN, ITEM, CandidateTower, QueryTower, TwoTowerModel
 from trainer.pipeline import TrainingLog, make_dataset, pooled_histories, training_log
-from trainer.warm_start import ease_warm_start
+from trainer.warm_start import blockwise_gram, ease_warm_start, ease_weights
+
+# The evaluation report's item-item yardstick: EASE (Steck 2019) with the λ the
+# ml-100k table reports, on catalogs small enough for its dense items x items inverse.
+EASE_BASELINE_LAMBDA = 500.0
+EASE_BASELINE_MAX_ITEMS = 6_000
 
 EARLY_STOPPING_METRIC = "val_hr_score"
 TEST_USERS = 20_000  # the offline evaluation scores at most this many test users (a seeded sample)
@@ -195,6 +200,22 @@ def _users_to_score(limit: int, item_count: int) -> int:
     """At most ``limit`` users, and fewer for a catalog so large that they would cost
     more than SCORES_PER_EVALUATION scores (250 users at a million items)."""
     return max(100, min(limit, SCORES_PER_EVALUATION // max(item_count, 1)))
+
+
+def _ease_baseline(
+    train_users: np.ndarray, train_items: np.ndarray, test_set: ev.EvaluationSet, item_count: int, log
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"ease": (the test users' 0/1 training rows, EASE's B transposed)}: the item-item
+    yardstick (λ EASE_BASELINE_LAMBDA, plain co-occurrence), scored as X_u · B; empty when the
+    catalog is too large for a dense items x items matrix (EASE_BASELINE_MAX_ITEMS)."""
+    if item_count > EASE_BASELINE_MAX_ITEMS:
+        log(f"EASE baseline skipped: {item_count:,} items (more than {EASE_BASELINE_MAX_ITEMS:,})")
+        return {}
+    gram = blockwise_gram(train_users, train_items, np.zeros(len(train_users), dtype=np.int64), item_count, np.inf)
+    weights = ease_weights(None, EASE_BASELINE_LAMBDA, gram).astype(np.float32)
+    rows = np.zeros((test_set.seen.rows, item_count), dtype=np.float32)
+    rows[np.repeat(np.arange(test_set.seen.rows), test_set.seen.lengths()), test_set.seen.values] = 1.0
+    return {"ease": (rows, np.ascontiguousarray(weights.T))}
 
 
 def held_out_set(
@@ -404,7 +425,8 @@ def train(ds: Dataset, config: TrainConfig, model_base: Path, verbose: int = 2, 
         test_set, test_rows = held_out_set(test_users, test_items, train_seen, popularity,
                                            _users_to_score(TEST_USERS, len(ds.items)), config.seed)
         vectors = towers.user_vectors(train_seen, test_rows)  # what serving_default returns for them
-        report = ev.evaluate(vectors, item_vectors, test_set)
+        report = ev.evaluate(vectors, item_vectors, test_set, _ease_baseline(train_users, train_items, test_set,
+                                                                           len(ds.items), log))
         log(ev.format_table(report))
     else:
         log("test fraction is 0: trained on every interaction, offline evaluation skipped")

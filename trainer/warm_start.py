@@ -78,10 +78,10 @@ def temporal_gram(
     """
     if tau <= 0:
         raise ValueError(f"tau must be positive, got {tau}")
-    return _blockwise_gram(user_rows, item_rows, timestamps, item_count, tau)
+    return blockwise_gram(user_rows, item_rows, timestamps, item_count, tau)
 
 
-def _blockwise_gram(
+def blockwise_gram(
     user_rows: np.ndarray, item_rows: np.ndarray, timestamps: np.ndarray, item_count: int, tau: float
 ) -> np.ndarray:
     """``temporal_gram``; ``tau`` = inf gives the plain co-occurrence XᵀX of the distinct pairs."""
@@ -189,7 +189,7 @@ def ease_warm_start(
     if tau > 0 and pair_timestamps is None:
         raise ValueError("a temporal warm start (tau > 0) needs pair_timestamps")
     stamps = pair_timestamps if pair_timestamps is not None else np.zeros(len(pair_users), dtype=np.int64)
-    gram = _blockwise_gram(pair_users, pair_items, stamps, item_count, tau if tau > 0 else np.inf)
+    gram = blockwise_gram(pair_users, pair_items, stamps, item_count, tau if tau > 0 else np.inf)
     query_side, item_side = factorise(ease_weights(None, lam, gram), rank, balance)
     del gram
     if len(pair_users) > sample:
