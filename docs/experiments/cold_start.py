@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import re
 import sys
 import time
@@ -269,6 +270,7 @@ META_L2 = (1e-4, 1e-3, 1e-2)  # new-movie metadata path, softmax
 META_RIDGE_L2 = (0.1, 1.0, 10.0, 100.0)
 DEMO_FEATURES = 1 + 7 + 2 + 21  # intercept, age bucket, gender, occupation (zip and crosses: see notes)
 FULL_LOGIT_L2 = 1e-3
+KNOWN_PRIOR_SHARES = (0.003, 0.01, 0.03, 0.1)  # known users: fractions of the 5-movie prior weight
 
 
 def log_popularity(x: np.ndarray) -> np.ndarray:
@@ -474,6 +476,39 @@ def new_movie_draw(d: Data, x: np.ndarray, seed: int) -> dict:
     return {"protocol3": results, "choice3": choice}
 
 
+def new_movies_in_catalog(d: Data, x: np.ndarray, seed: int, l2: float) -> dict:
+    """Diagnostic for serving (one draw): the new movies' ridge vectors placed in the whole
+    catalog beside the known movies' EASE vectors. Each (user, new movie) pair is ranked
+    among all movies with the user's known movies excluded; also the share of top-10
+    slots the new movies get. Variants: ridge vectors as fitted, and rescaled so their
+    mean norm equals the known movies' (ridge predictions shrink towards the mean)."""
+    held = int(round(d.n_items * HELD_SHARE))
+    new = np.sort(np.random.default_rng(seed).choice(d.n_items, held, replace=False))
+    known = np.setdiff1d(np.arange(d.n_items), new)
+    mask = np.zeros(d.n_items, dtype=bool)
+    mask[known] = True
+    f = Factors(*ratings_of(d, item_mask=mask), d.n_items)
+    x_known = x * mask[None, :]
+    queries = x_known @ f.p32
+    meta = metadata(d, np.arange(d.n_items), known, tokens=False)
+    v = fit_ridge(meta[known], f.q32[known], l2)
+    test = x * ~mask[None, :]
+    out = {"share of new movies in the catalog": len(new) / d.n_items, "share of ratings on new movies": float(test.sum() / x.sum())}
+    known_norm = np.linalg.norm(f.q32[known], axis=1).mean()
+    for label, scale in (("as fitted", None), ("rescaled to the known movies' mean norm", known_norm)):
+        items = f.q32.copy()
+        predicted = meta[new] @ v
+        if scale is not None:
+            predicted *= scale / np.linalg.norm(predicted, axis=1).mean()
+        items[new] = predicted
+        scores = queries @ items.T
+        h = evaluate({("x", None): scores}, test, x_known.astype(bool))[("x", None)]
+        top = np.argsort(-np.where(x_known.astype(bool), -np.inf, scores), axis=1)[:, :10]
+        h["share of top-10 slots on new movies"] = float(np.isin(top, new).mean())
+        out[label] = h
+    return out
+
+
 # ----------------------------------------------------------------------------- known users
 
 
@@ -496,6 +531,9 @@ def known_users(d: Data, choice1: dict, absolute_weight2: dict) -> dict:
         name = f"rank-{rank} history + demographic path ({method.removeprefix('softmax, ')})"
         weight = absolute_weight2[name]
         out[(name, weight)] = history[rank] + weight * scores[(method, choice1[method])]
+        if rank == 31:  # how much of that prior can known users take?
+            for share in KNOWN_PRIOR_SHARES:
+                out[(f"{name}, {share:g} × that weight", weight * share)] = history[rank] + weight * share * scores[(method, choice1[method])]
     return evaluate(out, test, x.astype(bool))
 
 
@@ -547,15 +585,25 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent.parent / "shared" / "data" / "ml-100k")
     parser.add_argument("--draws", type=int, default=len(DRAW_SEEDS))
     parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
+    parser.add_argument("--cache", type=Path, default=None, help="folder for per-draw results (reused when present)")
     args = parser.parse_args()
+    if args.cache:
+        args.cache.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     d = Data(args.data_dir)
     x = matrix(d.users, d.items, d.n_users, d.n_items)
     seeds = DRAW_SEEDS[: args.draws]
     users, movies = [], []
     for seed in seeds:
-        users.append(new_user_draw(d, x, seed))
-        movies.append(new_movie_draw(d, x, seed))
+        cached = args.cache and args.cache / f"draw{seed}.pickle"
+        if cached and cached.exists():
+            u, m = pickle.loads(cached.read_bytes())
+        else:
+            u, m = new_user_draw(d, x, seed), new_movie_draw(d, x, seed)
+            if cached:
+                cached.write_bytes(pickle.dumps((u, m)))
+        users.append(u)
+        movies.append(m)
         print(f"draw {seed} done, {time.monotonic() - started:.0f} s", flush=True)
     report: dict = {"draw_seeds": list(seeds), "tables": {}, "ratios": {}}
     for key, title, baseline, runs in (
@@ -580,6 +628,10 @@ def main() -> None:
     print("| query / item space | HR@10 | HR@100 |\n|---|---|---|")
     for (m, w), h in known.items():
         print(f"| {m}{'' if w is None else f' (k = {w:.3g})'} | {h['hr@10']:.4f} | {h['hr@100']:.4f} |")
+    l2 = movies[0]["choice3"]["ridge onto known movies' EASE item vectors (genres, year bucket)"]
+    report["new_movies_in_catalog"] = new_movies_in_catalog(d, x, seeds[0], l2)
+    print(f"\n## new movies in the whole catalog (draw {seeds[0]}, ridge, genres + year, λ {l2:g})")
+    print(json.dumps(report["new_movies_in_catalog"], indent=1))
     report["seconds"] = round(time.monotonic() - started, 1)
     args.out.write_text(json.dumps(report, indent=1, ensure_ascii=False))
     print(f"\nwrote {args.out} ({report['seconds']} s)")
