@@ -509,6 +509,32 @@ def new_movies_in_catalog(d: Data, x: np.ndarray, seed: int, l2: float) -> dict:
     return out
 
 
+def distinct_lists(d: Data, x: np.ndarray, seed: int, l2: float) -> dict:
+    """Is the features-only path personalised? Distinct top-10 lists among the held-out
+    users of one draw (31 EASE dims + log-popularity, softmax L2 ``l2``), and the two
+    profiles of the issue (F 25 student, M 60 retired) compared."""
+    train, held = held_users(d, seed)
+    f = Factors(*ratings_of(d, train), d.n_items)
+    y = x[train]
+    a = demographics(d, train, train)[:, :DEMO_FEATURES]
+    _, c = item_spaces(f, y, a)["31 EASE dims + log-popularity dim"]
+    w = fit_softmax(a, c, y, l2, free_rows=1)
+    top = np.argsort(-(demographics(d, held, train)[:, :DEMO_FEATURES] @ w @ c.T), axis=1, kind="stable")[:, :10]
+    profiles = {}
+    for label, age, gender, occupation in (("F 25 student", 25, "F", "student"), ("M 60 retired", 60, "M", "retired")):
+        row = np.concatenate([[1.0], one_hot(np.array([str(np.searchsorted(AGE_BOUNDARIES, age, side="right"))]), np.unique(d.age_bucket[train].astype(str)))[0],
+                              one_hot(np.array([gender]), np.unique(d.gender[train]))[0], one_hot(np.array([occupation]), np.unique(d.occupation[train]))[0]])
+        profiles[label] = np.argsort(-(row @ w @ c.T), kind="stable")[:10]
+    pop_top = np.argsort(-y.sum(axis=0), kind="stable")[:10]
+    return {
+        "held-out users": len(held),
+        "distinct top-10 lists": len({tuple(t) for t in top.tolist()}),
+        "top-10 overlap F 25 student / M 60 retired": len(set(profiles["F 25 student"]) & set(profiles["M 60 retired"])),
+        "top-10 overlap with popularity, F 25 student": len(set(profiles["F 25 student"]) & set(pop_top)),
+        "top-10 overlap with popularity, M 60 retired": len(set(profiles["M 60 retired"]) & set(pop_top)),
+    }
+
+
 # ----------------------------------------------------------------------------- known users
 
 
@@ -632,6 +658,10 @@ def main() -> None:
     report["new_movies_in_catalog"] = new_movies_in_catalog(d, x, seeds[0], l2)
     print(f"\n## new movies in the whole catalog (draw {seeds[0]}, ridge, genres + year, λ {l2:g})")
     print(json.dumps(report["new_movies_in_catalog"], indent=1))
+    l2 = users[0]["choice1"]["softmax, 31 EASE dims + log-popularity dim"]
+    report["personalisation"] = distinct_lists(d, x, seeds[0], l2)
+    print(f"\n## is the features-only path personalised? (draw {seeds[0]}, 31 EASE + log-pop, L2 {l2:g})")
+    print(json.dumps(report["personalisation"], indent=1))
     report["seconds"] = round(time.monotonic() - started, 1)
     args.out.write_text(json.dumps(report, indent=1, ensure_ascii=False))
     print(f"\nwrote {args.out} ({report['seconds']} s)")
