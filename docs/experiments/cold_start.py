@@ -535,6 +535,46 @@ def distinct_lists(d: Data, x: np.ndarray, seed: int, l2: float) -> dict:
     }
 
 
+GATE_COUNTS = (1, 2, 5, 10, 15)  # named movies
+GATE_WEIGHTS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+def prior_weight_by_length(d: Data, x: np.ndarray, seed: int, choice1: dict) -> list[dict]:
+    """How the weight of the demographic path (31 EASE + log-popularity space) should
+    depend on the history length n: protocol 2 with the n earliest movies named, the
+    weight chosen on the validation users for each n, reported as the absolute k of
+    score = Σ hist + k · demographic logits (comparable with the known-user table)."""
+    method = "softmax, 31 EASE dims + log-popularity dim"
+    train, held = held_users(d, seed)
+    val = np.sort(np.random.default_rng(seed + 1000).choice(train, int(round(len(train) * HELD_SHARE)), replace=False))
+    fit = np.setdiff1d(train, val)
+
+    def parts(fit_users, target):
+        f = Factors(*ratings_of(d, fit_users), d.n_items)
+        scores, _, _ = new_user_scores(d, x, fit_users, target, f, choice1, ceiling=False)
+        return f, scores[(method, choice1[method])], x[fit_users].sum(axis=0)
+
+    f_val, prior_val, _ = parts(fit, val)
+    f, prior, pop = parts(train, held)
+    rows = []
+    for n in GATE_COUNTS:
+        named, rest = earliest(d, val, n)
+        hist = named @ f_val.p31 @ f_val.q31.T
+        unit = hist.std() / prior_val.std()
+        tried = {(None, m): hist + m * unit * prior_val for m in GATE_WEIGHTS}
+        best = choose(evaluate(tried, rest, named.astype(bool)))[None]
+        k = best * unit
+        named, rest = earliest(d, held, n)
+        hist = named @ f.p31 @ f.q31.T
+        result = evaluate(
+            {"popularity": np.tile(pop, (len(held), 1)), "history only": hist, "history + k · demographic path": hist + k * prior},
+            rest,
+            named.astype(bool),
+        )
+        rows.append({"named": n, "weight multiple": best, "k": float(k), **{name: h for name, h in result.items()}})
+    return rows
+
+
 # ----------------------------------------------------------------------------- known users
 
 
@@ -662,6 +702,13 @@ def main() -> None:
     report["personalisation"] = distinct_lists(d, x, seeds[0], l2)
     print(f"\n## is the features-only path personalised? (draw {seeds[0]}, 31 EASE + log-pop, L2 {l2:g})")
     print(json.dumps(report["personalisation"], indent=1))
+    report["prior_weight_by_length"] = prior_weight_by_length(d, x, seeds[0], choice1)
+    print(f"\n## weight of the demographic path by history length (draw {seeds[0]}, 31 EASE + log-pop)")
+    print("| named movies | weight chosen (× spread ratio) | k | popularity HR@10 / @100 | history only | history + k · demographic |")
+    print("|---|---|---|---|---|---|")
+    for row in report["prior_weight_by_length"]:
+        cells = " | ".join(f"{row[m]['hr@10']:.4f} / {row[m]['hr@100']:.4f}" for m in ("popularity", "history only", "history + k · demographic path"))
+        print(f"| {row['named']} | {row['weight multiple']:g} | {row['k']:.3g} | {cells} |")
     report["seconds"] = round(time.monotonic() - started, 1)
     args.out.write_text(json.dumps(report, indent=1, ensure_ascii=False))
     print(f"\nwrote {args.out} ({report['seconds']} s)")
