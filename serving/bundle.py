@@ -10,6 +10,10 @@ reader never sees a half-written version. Layout::
                               user_id: tf.string [batch] -> embedding: tf.float32 [batch, dim]
                               and, for towers with user features, "embed_features"
                               (a new user's raw features; see trainer/export.py)
+    item_tower/               SavedModel; "serving_default": item_id -> the catalog vector, and
+                              "embed_items": item_id + raw item features -> embedding (the
+                              metadata path for ids outside the catalog; manifest "item_tower"
+                              lists its inputs; see trainer/export.py)
     item_embeddings.npy       float32 [items, dim], the candidate tower's output
     item_ids.npy              str [items], MovieLens movie ids ("50"), unique
     item_titles.npy           str [items]
@@ -46,6 +50,8 @@ MANIFEST = "manifest.json"
 USER_TOWER = "user_tower"
 USER_TOWER_SIGNATURE = "serving_default"
 FEATURES_SIGNATURE = "embed_features"
+ITEM_TOWER = "item_tower"
+ITEMS_SIGNATURE = "embed_items"
 EVALUATION = "evaluation"
 
 # name -> (dtype kind, ndim). Kind "U" is a fixed-width unicode string.

@@ -1,4 +1,4 @@
-"""Command line: ``python -m trainer [train|evaluate|tune|synthetic|prune] ...`` (default: train).
+"""Command line: ``python -m trainer [train|evaluate|tune|synthetic|prune|add-items] ...`` (default: train).
 
 Flags default from environment variables where one is named in the help.
 Input errors (missing or malformed data, an unusable bundle) print one line to
@@ -27,7 +27,7 @@ from trainer.config import (
 from trainer.data import DataError
 from trainer.readers import add_reader_flags
 
-COMMANDS = ("train", "evaluate", "tune", "synthetic", "synthetic-log", "prune")
+COMMANDS = ("train", "evaluate", "tune", "synthetic", "synthetic-log", "prune", "add-items")
 DEFAULT_MODEL_BASE = "./models/movielens"
 EXIT_INPUT_ERROR = 2
 
@@ -39,7 +39,7 @@ def _model_base_default() -> str:
 def build_parser() -> argparse.ArgumentParser:
     train_defaults, model_defaults = TrainConfig(), ModelConfig()
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", metavar="{train,evaluate,tune,synthetic,prune}")
+    commands = parser.add_subparsers(dest="command", metavar="{train,evaluate,tune,synthetic,prune,add-items}")
 
     train = commands.add_parser("train", help="train on a data folder and publish a bundle (the default command)")
     add_reader_flags(train)
@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.synthetic_log import add_command as add_synthetic_log  # numpy only
 
     add_synthetic_log(commands)  # python -m trainer synthetic-log: a generated interaction log
+    from trainer.add_items import add_command as add_add_items  # TensorFlow only when it runs
+
+    add_add_items(commands)  # python -m trainer add-items: new items without retraining
     return parser
 
 

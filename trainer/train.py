@@ -45,7 +45,7 @@ from serving.bundle import EVALUATION, USER_TOWER, BundleStaging
 from trainer import evaluate as ev
 from trainer.config import BATCH_SIZES, LEARNING_RATES, ModelConfig, TrainConfig, choose_init, choose_negatives
 from trainer.dataset import Csr, Dataset
-from trainer.export import ITEM_TOWER, save_item_tower, save_user_tower
+from trainer.export import ITEM_TOWER, ITEMS_SIGNATURE, item_feature_inputs, save_item_tower, save_user_tower
 from trainer.features import empty_columns, feature_columns, feature_specs, seen_csr
 from trainer.model import HISTORY_MEAN, ITEM, CandidateTower, QueryTower, TwoTowerModel
 from trainer.pipeline import TrainingLog, make_dataset, pooled_histories, training_log
@@ -435,7 +435,8 @@ def train(ds: Dataset, config: TrainConfig, model_base: Path, verbose: int = 2, 
     with BundleStaging(model_base) as staging:
         save_user_tower(staging.path / USER_TOWER, ds.users.ids[user_rows], user_vectors, towers.unknown_user(),
                         _serving_copy(towers), towers.user_specs, ds.items.ids)
-        save_item_tower(staging.path / ITEM_TOWER, ds.items.ids, item_vectors, towers.unknown_item())
+        save_item_tower(staging.path / ITEM_TOWER, ds.items.ids, item_vectors, towers.unknown_item(),
+                        _serving_candidate_copy(towers), towers.item_specs)
         evaluation_dir = staging.path / EVALUATION
         evaluation_dir.mkdir()
         test_pairs = None
@@ -467,6 +468,10 @@ def train(ds: Dataset, config: TrainConfig, model_base: Path, verbose: int = 2, 
             "item_count": len(ds.items),
             "user_count": len(user_rows),
             "genres": list(ds.genres),
+            "genre_feature": ds.genre_feature,
+            # What add-items feeds the item tower's embed_items signature (trainer/export.py).
+            ITEM_TOWER: {"signature": ITEMS_SIGNATURE, "inputs": {
+                "item_id": {"dtype": "string", "shape": "[batch]"}, **item_feature_inputs(towers.item_specs)}},
             # ScaNN's parameters for this catalog (and, for a large one, the built searcher).
             "scann": ann.write_searcher(staging.path, item_vectors),
             "metrics": _metrics(report, fitted),
@@ -485,6 +490,14 @@ def _serving_copy(towers: Towers) -> QueryTower:
     copy = QueryTower(towers.user_specs, towers.query.history_embedding.input_dim - 1, towers.config)
     copy.build_with_dummy()
     copy.set_weights(towers.query.get_weights())
+    return copy
+
+
+def _serving_candidate_copy(towers: Towers) -> CandidateTower:
+    """A plain (not distributed) copy of the trained candidate tower, for the embed_items export."""
+    copy = CandidateTower(towers.item_specs, towers.candidate.item_embedding.input_dim - 1, towers.config)
+    copy.build_with_dummy()
+    copy.set_weights(towers.candidate.get_weights())
     return copy
 
 
