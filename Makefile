@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export OPENBLAS_NUM_THREADS := 1
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: run test test-fast tools protos venv bench bench-train clean
+.PHONY: run test test-fast tools protos venv bench bench-train bench-cold-start clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,11 @@ bench: venv
 # Training cost and quality at 1M/5M/25M interactions and a 1M-item catalog (synthetic logs; about an hour on 2 cores).
 bench-train: venv
 	$(PY) -m bench.train
+
+# Issue 17's cold-start protocols (new users, new movies) with the shipped trainer on MovieLens 100k, 5 draws
+# (ML100K_DIR: the data folder; COLD_START_ARGS: e.g. --draws 2 --epochs 5); writes bench/results/cold_start_quality.json.
+bench-cold-start: venv
+	$(PY) -m bench.cold_start $(if $(ML100K_DIR),--data-dir $(ML100K_DIR)) $(COLD_START_ARGS)
 
 clean:
 	rm -rf $(VENV) logs .pytest_cache

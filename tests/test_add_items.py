@@ -96,7 +96,7 @@ def test_embed_items_is_the_candidate_tower_on_the_raw_features(small_movielens_
     export.save_item_tower(tmp_path / "item_tower", items.ids, catalog, np.zeros(32, np.float32), tower, specs)
     loaded = export.load_item_tower(tmp_path / "item_tower")
 
-    inputs = add_items._raw(items, export.item_feature_inputs(specs))
+    inputs = add_items.raw_item_features(items, export.item_feature_inputs(specs))
     assert set(inputs) == {"genres", "year", "title"} and inputs["genres"].ndim == 2
     new_ids = np.array([f"new-{i}" for i in items.ids])
     from_raw = export.embed_items(loaded, new_ids, inputs)

@@ -97,7 +97,7 @@ def _read_generic(path: Path, inputs: dict[str, dict], movielens_titles: bool, s
     return Catalog(path, Table(ids=catalog.table.ids, features=(*kept, year, title)), titles=catalog.titles)
 
 
-def _raw(table: Table, inputs: dict[str, dict]) -> dict[str, np.ndarray]:
+def raw_item_features(table: Table, inputs: dict[str, dict]) -> dict[str, np.ndarray]:
     """The features of ``table`` as embed_items takes them: codes back to their values."""
     n = len(table)
     out = {}
@@ -162,7 +162,7 @@ def read_new_items(path: Path, manifest: bundle.Manifest, where: Path, separator
     titles = catalog.titles if catalog.titles is not None else table.ids
     titles = np.where(titles == "", table.ids, titles)
     genre_feature = manifest.raw.get("genre_feature")
-    return NewItems(ids=table.ids.astype(str), titles=titles.astype(str), features=_raw(table, inputs),
+    return NewItems(ids=table.ids.astype(str), titles=titles.astype(str), features=raw_item_features(table, inputs),
                     genre_masks=_genre_masks(table, genre_feature, manifest.genres))
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from bench import cold_start_baselines as baselines  # noqa: E402  (the protocols' ranking and baselines)
 from trainer.warm_start import ease_weights, factorise, temporal_gram  # noqa: E402
 
 RANK = 32
@@ -80,22 +81,8 @@ def popularity(x: np.ndarray) -> np.ndarray:
 
 
 def hit_ranks(scores: np.ndarray, pair_rows: np.ndarray, pair_cols: np.ndarray, excluded: np.ndarray | None = None) -> np.ndarray:
-    """0-based rank of each pair's column in its row of ``scores`` (ties: the
-    earlier column ranks higher, as trainer.evaluate); excluded cells rank last
-    and an excluded target is a miss (rank = columns)."""
-    if excluded is not None:
-        scores = np.where(excluded, -np.inf, scores)
-    target = scores[pair_rows, pair_cols]
-    ranks = np.empty(len(pair_rows), dtype=np.int64)
-    for start in range(0, len(pair_rows), 4096):
-        sl = slice(start, start + 4096)
-        s = scores[pair_rows[sl]]
-        t = target[sl, None]
-        cols = np.arange(scores.shape[1])[None, :]
-        ranks[sl] = (s > t).sum(1) + ((s == t) & (cols < pair_cols[sl, None])).sum(1)
-    if excluded is not None:
-        ranks = np.where(excluded[pair_rows, pair_cols], scores.shape[1], ranks)
-    return ranks
+    """bench.cold_start_baselines.hit_ranks (ties: the earlier column ranks higher)."""
+    return baselines.hit_ranks(scores, pair_rows, pair_cols, excluded)
 
 
 def hr(ranks: np.ndarray, ks=(10, 100)) -> dict[str, float]:
@@ -223,33 +210,13 @@ def unit_rms(a: np.ndarray) -> np.ndarray:
 
 
 def segment_popularity(d: Data, x: np.ndarray, train_users: np.ndarray, rows: np.ndarray, min_users: int = 20) -> np.ndarray:
-    """Most popular within gender × age bucket × occupation; a segment of fewer than
-    ``min_users`` training users falls back to gender × age bucket, then gender, then all."""
-    levels = [(d.gender, d.age_bucket, d.occupation), (d.gender, d.age_bucket), (d.gender,), ()]
-    out = np.zeros((len(rows), x.shape[1]))
-    for j, u in enumerate(rows):
-        for keys in levels:
-            members = np.ones(len(train_users), dtype=bool)
-            for key in keys:
-                members &= key[train_users] == key[u]
-            if members.sum() >= min_users or not keys:
-                out[j] = x[train_users[members]].sum(axis=0)
-                break
-    return out
+    """bench.cold_start_baselines.segment_popularity over the users of ``d``."""
+    return baselines.segment_popularity(d.gender, d.age_bucket, d.occupation, x, train_users, rows, min_users)
 
 
 def earliest(d: Data, user_rows: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per user of ``user_rows``: 0/1 [len, items] of their ``count`` earliest movies
-    (timestamp, ties by movie row) and of the rest."""
-    named = np.zeros((len(user_rows), d.n_items))
-    rest = np.zeros_like(named)
-    for j, u in enumerate(user_rows):
-        mine = np.flatnonzero(d.users == u)
-        order = np.lexsort((d.items[mine], d.stamps[mine]))
-        movies = d.items[mine][order]
-        named[j, movies[:count]] = 1.0
-        rest[j, movies[count:]] = 1.0
-    return named, rest
+    """bench.cold_start_baselines.earliest over the ratings of ``d``."""
+    return baselines.earliest(d.users, d.items, d.stamps, d.n_items, user_rows, count)
 
 
 def ratings_of(d: Data, user_rows: np.ndarray | None = None, item_mask: np.ndarray | None = None):
@@ -423,11 +390,12 @@ def new_user_draw(d: Data, x: np.ndarray, seed: int) -> dict:
 
 
 def genre_profile_scores(x_known: np.ndarray, genres: np.ndarray, new: np.ndarray, idf: bool = False) -> np.ndarray:
-    """Cosine of the user's genre profile (sum of their movies' genre vectors; with
-    ``idf``, each genre divided by its count over all training ratings) and the new movies' genres."""
-    profile = x_known @ genres
-    if idf:
-        profile = profile / np.maximum(x_known.sum(axis=0) @ genres, 1.0)
+    """bench.cold_start_baselines.genre_profile_scores; with ``idf``, each genre of the
+    profile divided by its count over all training ratings first."""
+    if not idf:
+        return baselines.genre_profile_scores(x_known, genres, new)
+    weighted = genres / np.maximum(x_known.sum(axis=0) @ genres, 1.0)[None, :]
+    profile = x_known @ weighted
     profile /= np.maximum(np.linalg.norm(profile, axis=1, keepdims=True), 1e-12)
     g = genres[new] / np.maximum(np.linalg.norm(genres[new], axis=1, keepdims=True), 1e-12)
     return profile @ g.T
