@@ -33,8 +33,8 @@ KUBERNETES_VERSION = "1.30.0"
 # app.kubernetes.io/component -> gRPC port, health service name, Python module.
 COMPONENTS = {
     "gateway": (50051, "recsys.v1.Gateway", "gateway"),
-    "query": (50052, "recsys.v1.QueryService", "query_service"),
-    "index": (50053, "recsys.v1.IndexService", "index_service"),
+    "query": (50052, "recsys.internal.v1.QueryService", "query_service"),
+    "index": (50053, "recsys.internal.v1.IndexService", "index_service"),
 }
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
