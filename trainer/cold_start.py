@@ -43,8 +43,10 @@ from trainer.pipeline import TrainingLog, make_dataset, pooled_histories, traini
 HELD_OUT_SHARE = 0.1  # of the training users / items, held out to validate each phase
 MAX_HELD_OUT = 2000  # ... at most this many
 MAX_EXAMPLES = 1_000_000  # training examples per phase (a seeded sample of a larger log)
-NEW_USER_L2 = 1e-4  # per example, on the features path's embeddings and kernel
-NEW_ITEM_L2 = 1e-5  # per example, on the metadata path's embeddings and kernel
+# L2 per example on the path's embeddings and kernel (not its bias), chosen on the held-out
+# users / items among these while the examples times the grid stay within MAX_EXAMPLES; else the middle one.
+NEW_USER_L2_GRID = (1e-4, 1e-3, 1e-2)
+NEW_ITEM_L2_GRID = (1e-5, 1e-4, 1e-3)
 LEARNING_RATE = 0.01
 EPOCHS = 20
 PATIENCE = 2
@@ -62,8 +64,9 @@ def _score(hr: np.ndarray, k_small: int, k_large: int) -> float:
 
 
 class _KeepBest(keras.callbacks.Callback):
-    """Scores ``layers`` before training and after each epoch with ``score`` (-> (value, text));
-    keeps the best weights (the initial ones on a tie) and restores them at the end."""
+    """Scores ``layers`` before training (logged only: a path's start is random) and after
+    each epoch with ``score`` (-> (value, text)); keeps the best epoch's weights (the earlier
+    on a tie) and restores them at the end."""
 
     def __init__(self, layers: list, score, log):
         super().__init__()
@@ -74,7 +77,7 @@ class _KeepBest(keras.callbacks.Callback):
     def _evaluate(self, epoch: int, logs: dict | None) -> None:
         value, text = self._score()
         self._log(f"  epoch {epoch}: {text}")
-        if not self.scores or value > max(self.scores):
+        if len(self.scores) <= 1 or value > max(self.scores[1:]):
             self._best = [layer.get_weights() for layer in self._layers]
         self.scores.append(value)
         if logs is not None:
@@ -92,7 +95,11 @@ class _KeepBest(keras.callbacks.Callback):
 
     @property
     def best_epoch(self) -> int:
-        return int(np.argmax(self.scores))
+        return 1 + int(np.argmax(self.scores[1:])) if len(self.scores) > 1 else 0
+
+    @property
+    def best_score(self) -> float:
+        return self.scores[self.best_epoch]
 
 
 def _towers_layers(towers) -> list:
@@ -136,6 +143,39 @@ def _run_phase(towers, trainable: list, log_data: TrainingLog, transform, catalo
     return len(history.history["loss"])
 
 
+@dataclasses.dataclass(frozen=True)
+class _Trained:
+    l2: float
+    epochs_run: int
+    best_epoch: int
+    scores: dict  # l2 -> best held-out score
+
+
+def _train_path(towers, layers: list, grid: tuple, score, log_data: TrainingLog, transform, catalog, config,
+                batch_size: int, history_length: int, history_dropout: float, seed: int, strategy, verbose: int,
+                log) -> _Trained:
+    """Trains ``layers`` once per L2 of ``grid`` (or its middle value on a large log), each
+    from the same start and early-stopped on ``score``; keeps the best run's best epoch."""
+    if len(log_data) * len(grid) > MAX_EXAMPLES:
+        grid = (grid[len(grid) // 2],)
+    start = [layer.get_weights() for layer in layers]
+    best, scores = None, {}
+    for l2 in grid:
+        for layer, weights in zip(layers, start):
+            layer.set_weights(weights)
+        log(f" L2 {l2:g}:")
+        keep = _KeepBest(layers, score, log)
+        epochs = _run_phase(towers, layers, log_data, transform, catalog, config, l2, batch_size, history_length,
+                            history_dropout, seed, keep, strategy, verbose)
+        scores[l2] = keep.best_score
+        if best is None or scores[l2] > scores[best[0].l2]:
+            best = (_Trained(l2, epochs, keep.best_epoch, {}), [layer.get_weights() for layer in layers])
+    for layer, weights in zip(layers, best[1]):
+        layer.set_weights(weights)
+    log(f" kept L2 {best[0].l2:g}, epoch {best[0].best_epoch}")
+    return dataclasses.replace(best[0], scores={str(k): v for k, v in scores.items()})
+
+
 def _sample_rows(rows: np.ndarray, seed: int) -> np.ndarray:
     if len(rows) <= MAX_EXAMPLES:
         return rows
@@ -164,9 +204,7 @@ def _csr_of(users: np.ndarray, items: np.ndarray, rows: np.ndarray) -> Csr:
 
 @dataclasses.dataclass(frozen=True)
 class NewUserPath:
-    l2: float
-    epochs_run: int
-    best_epoch: int
+    trained: dict  # the L2 kept, its epochs run and best epoch, the best held-out score of every L2 tried
     held_out_users: int
     features_only: dict  # HR@10 / HR@100 of the features path and of popularity on the held-out users
     new_user_weight: float
@@ -200,7 +238,6 @@ def fit_new_user_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.n
     log(f"new-user path: features only, {len(log_data):,} examples; {len(held):,} held-out users, popularity "
         f"HR@10 {pop_hr[9]:.4f}  HR@100 {pop_hr[99]:.4f}")
     towers.query.new_user_weight.assign(1.0)
-    keep = _KeepBest(towers.query.feature_layers, score, log)
     catalog = None
     if towers.config.negatives == "catalog":
         catalog = {**towers.item_columns, ITEM: np.arange(1, item_count + 1, dtype=np.int32)}
@@ -209,12 +246,12 @@ def fit_new_user_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.n
         return batch  # the history is sampled empty (dropout 1) and known_user absent: a new user
 
     config = dataclasses.replace(towers.config, mask_seen=False)
-    epochs = _run_phase(towers, towers.query.feature_layers, log_data, without_history, catalog, config, NEW_USER_L2,
-                        batch_size, 1, 1.0, seed, keep, strategy, verbose)
+    trained = _train_path(towers, towers.query.feature_layers, NEW_USER_L2_GRID, score, log_data, without_history,
+                          catalog, config, batch_size, 1, 1.0, seed, strategy, verbose, log)
     hr = ev.hit_rates(features_only(), towers.item_vectors(), pair_users, pair_items, None)
     weight, named = _choose_new_user_weight(towers, users, items, stamps, held, features, popularity, log)
     return NewUserPath(
-        l2=NEW_USER_L2, epochs_run=epochs, best_epoch=keep.best_epoch, held_out_users=len(held),
+        trained=dataclasses.asdict(trained), held_out_users=len(held),
         features_only={"model": {"hr@10": float(hr[9]), "hr@100": float(hr[99])},
                        "popularity": {"hr@10": float(pop_hr[9]), "hr@100": float(pop_hr[99])}},
         new_user_weight=weight, named_movies=named,
@@ -268,9 +305,7 @@ def _choose_new_user_weight(towers, users, items, stamps, held, features, popula
 
 @dataclasses.dataclass(frozen=True)
 class NewItemPath:
-    l2: float
-    epochs_run: int
-    best_epoch: int
+    trained: dict  # the L2 kept, its epochs run and best epoch, the best held-out score of every L2 tried
     held_out_items: int
     among_new_items: dict  # HR@10 / HR@50 of each held-out item's pairs ranked among the held-out items
     metadata_scale: float
@@ -298,15 +333,16 @@ def fit_new_item_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.n
                            axis=0)
     pair_users, pair_items = held_pairs[:, 0], np.searchsorted(held, held_pairs[:, 1])
     held_inputs = {**{n: c[held] for n, c in towers.item_columns.items()}, ITEM: np.zeros(len(held), np.int32)}
-    k_large = min(50, len(held))
+    # HR@10 and HR@50 among the held-out items (the research protocol), smaller K for a few items.
+    k_small, k_large = min(10, max(1, len(held) // 10)), min(50, max(1, len(held) // 2))
 
     def score() -> tuple[float, str]:
         hr = ev.hit_rates(queries, towers.candidate(held_inputs).numpy(), pair_users, pair_items, None, max_k=k_large)
-        return _score(hr, min(10, k_large), k_large), \
-            f"held-out items from metadata, among themselves: HR@10 {hr[min(10, k_large) - 1]:.4f}  HR@{k_large} {hr[-1]:.4f}"
+        return _score(hr, k_small, k_large), \
+            f"held-out items from metadata, among themselves: HR@{k_small} {hr[k_small - 1]:.4f}  HR@{k_large} {hr[-1]:.4f}"
 
     log(f"new-item path: metadata only, {len(log_data):,} examples; {len(held):,} held-out items "
-        f"(random: HR@10 {min(10, k_large) / len(held):.4f})")
+        f"(random: HR@{k_small} {k_small / len(held):.4f}  HR@{k_large} {k_large / len(held):.4f})")
     towers.candidate.metadata_scale.assign(1.0)
     kept_items = np.flatnonzero(~is_held)
     sub_catalog = np.full(item_count, -1, np.int64)
@@ -323,15 +359,14 @@ def fit_new_item_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.n
         return {**batch, "query": query, "candidate": candidate, "item": tf.cast(item, batch["item"].dtype)}
 
     config = dataclasses.replace(towers.config, mask_seen=False)
-    keep = _KeepBest(towers.candidate.metadata_layers, score, log)
-    epochs = _run_phase(towers, towers.candidate.metadata_layers, log_data, metadata_only, catalog, config,
-                        NEW_ITEM_L2, batch_size, history_length, 0.0, seed, keep, strategy, verbose)
+    trained = _train_path(towers, towers.candidate.metadata_layers, NEW_ITEM_L2_GRID, score, log_data, metadata_only,
+                          catalog, config, batch_size, history_length, 0.0, seed, strategy, verbose, log)
     hr = ev.hit_rates(queries, towers.candidate(held_inputs).numpy(), pair_users, pair_items, None, max_k=k_large)
     scale, share = _calibrate(towers, queries, seen, held, held_inputs, is_held, items, log)
     return NewItemPath(
-        l2=NEW_ITEM_L2, epochs_run=epochs, best_epoch=keep.best_epoch, held_out_items=len(held),
-        among_new_items={"hr@10": float(hr[min(10, k_large) - 1]), f"hr@{k_large}": float(hr[-1]),
-                         "random_hr@10": min(10, k_large) / len(held)},
+        trained=dataclasses.asdict(trained), held_out_items=len(held),
+        among_new_items={f"hr@{k_small}": float(hr[k_small - 1]), f"hr@{k_large}": float(hr[-1]),
+                         f"random_hr@{k_small}": k_small / len(held), f"random_hr@{k_large}": k_large / len(held)},
         metadata_scale=scale, top_k_share=share,
     )
 
@@ -353,7 +388,8 @@ def _calibrate(towers, queries, seen: Csr, held, held_inputs, is_held, items, lo
         lengths = seen.lengths()[users]
         scores[np.repeat(np.arange(len(users)), lengths),
                np.concatenate([seen.values[seen.splits[u]:seen.splits[u + 1]] for u in users])] = -np.inf
-        top = np.argpartition(-scores, SHARE_TOP_K, axis=1)[:, :SHARE_TOP_K]
+        k = min(SHARE_TOP_K, scores.shape[1] - 1)
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
         return float(is_held[top].mean())
 
     grid = base * np.logspace(-1.5, 1.5, 31)
