@@ -39,7 +39,7 @@ def _tables(small_movielens_dir: Path, refit: bool):
         users, items = inter.users[rows].astype(np.int64), inter.items[rows].astype(np.int64)
         start = ease_warm_start(
             seen_csr(users, items, len(ds.users)), len(ds.items), users, items,
-            lam=model.ease_lambda, rank=model.embedding_dim, seed=config.seed, tau=model.ease_tau,
+            lam=model.ease_lambda, rank=model.embedding_dim, seed=config.seed, tau=model.ease_tau, popularity_column=True,
             pair_timestamps=inter.timestamps[rows],
         )  # fmt: skip
         return start.history, start.items

@@ -147,7 +147,8 @@ def test_warm_started_towers_score_like_rank_32_ease(small_movielens_dir: Path) 
     query.warm_start(start.history)
     candidate.warm_start(start.items)
     user_rows = np.arange(seen.rows)[np.diff(seen.splits) > 0]
-    inputs = {**feature_columns(ds.users, user_specs), "history_mean": pooled_histories(seen, np.arange(seen.rows), start.history)}
+    inputs = {**feature_columns(ds.users, user_specs), "history_mean": pooled_histories(seen, np.arange(seen.rows), start.history),
+              "known_user": np.ones(seen.rows, np.float32)}  # known users: the history path alone
     scores = query({k: v[user_rows] for k, v in inputs.items()}).numpy()
     items = {**feature_columns(ds.items, item_specs), ITEM: np.arange(1, len(ds.items) + 1, dtype=np.int32)}
     scores = scores @ candidate(items).numpy().T

@@ -4,10 +4,12 @@ Query tower:     {user features..., "history"} -> tf.float32 [batch, embedding_d
 Candidate tower: {"item", item features...}    -> tf.float32 [batch, embedding_dim]
 Score:           dot product of the two.
 
-Each tower is a linear projection of the concatenated outputs of one
-``FeatureEncoder`` per declared feature (trainer.features.FeatureSpec), plus,
-on the query side, the mean embedding of the user's history (item rows), and
-on the candidate side the item-id embedding. Neither tower holds data: the
+Each tower has two linear paths. The query tower: the mean embedding of the
+user's history (item rows), plus, for a user the model does not know, a
+projection of the user features' encodings (one ``FeatureEncoder`` per declared
+feature, trainer.features.FeatureSpec). The candidate tower: the item-id
+embedding for an item it knows, a projection of the item features' encodings
+for one it does not. Neither tower holds data: the
 inputs (feature codes, the history rows) come from the input pipeline in
 training (trainer.pipeline) and from the request or a precomputed table in
 serving (trainer.export).
@@ -41,6 +43,7 @@ from trainer.features import FeatureSpec
 HISTORY = "history"  # int32 [batch, L]: item rows + 1, 0 = no item
 HISTORY_MEAN = "history_mean"  # float32 [batch, history_dim]: the pooled history, precomputed
 ITEM = "item"  # int32 [batch]: item row + 1, 0 = unknown item
+KNOWN_USER = "known_user"  # float32 [batch]: 1 = a user the model was trained on (history path only)
 
 
 def _embedding(rows: int, dim: int, name: str) -> keras.layers.Embedding:
@@ -82,14 +85,12 @@ class FeatureEncoder(keras.layers.Layer):
         return tf.concat([standardised[:, None], self.embedding(bucket)], axis=1)
 
 
-def _pass_through(projection: keras.layers.Dense, rows: slice, name: str) -> None:
-    """Sets a built Dense layer to copy the input part ``rows`` to its output
-    (identity there, zeros elsewhere, no bias). The part must be as wide as the output."""
-    kernel = np.zeros(projection.kernel.shape, dtype=np.float32)
-    if kernel[rows].shape[0] != kernel.shape[1]:
-        raise ValueError(f"warm start needs {name} == embedding_dim, got {kernel[rows].shape[0]} and {kernel.shape[1]}")
-    kernel[rows] = np.eye(kernel.shape[1], dtype=np.float32)
-    projection.set_weights([kernel, np.zeros(kernel.shape[1], dtype=np.float32)])
+def _identity(projection: keras.layers.Dense, name: str) -> None:
+    """Sets a built square Dense layer to the identity (and its bias, if any, to zero)."""
+    rows, columns = projection.kernel.shape
+    if rows != columns:
+        raise ValueError(f"warm start needs {name} == embedding_dim, got {rows} and {columns}")
+    projection.set_weights([np.eye(rows, dtype=np.float32)] + [np.zeros(columns, np.float32)] * projection.use_bias)
 
 
 def dummy_inputs(specs: tuple[FeatureSpec, ...], batch: int = 1) -> dict[str, tf.Tensor]:
@@ -102,13 +103,25 @@ def dummy_inputs(specs: tuple[FeatureSpec, ...], batch: int = 1) -> dict[str, tf
 
 
 class QueryTower(keras.Model):
-    """{user feature name: codes / values [batch, ...], "history": int32 [batch, L]}
-    -> float32 [batch, embedding_dim].
+    """{user feature name: codes / values [batch, ...], "history": int32 [batch, L],
+    "known_user": float32 [batch] (optional)} -> float32 [batch, embedding_dim].
 
-    A linear projection of the user features' encodings and the mean embedding
-    of the history items (rows + 1; 0 pads). ``"history_mean"`` (float32
-    [batch, history_dim], from ``pooled``) may replace ``"history"``, which is
-    how every known user's vector is computed over their full history at export.
+    Two linear paths, added:
+
+    * the history path: a projection (no bias) of the mean embedding of the
+      history items (rows + 1; 0 pads). ``"history_mean"`` (float32 [batch,
+      history_dim], from ``pooled``) may replace ``"history"``, which is how every
+      known user's vector is computed over their full history at export;
+    * the features path: a projection (with a bias, the query of a user about
+      whom nothing is known) of the user features' encodings, times the constant
+      ``new_user_weight`` when the user has a history (1 without: it is then the
+      whole query), and times 0 for a user whose ``known_user`` is 1.
+
+    A user the model was trained on (``known_user`` 1) is queried by their
+    history alone: demographics only cost such users quality (the history the
+    model was trained on says more). A user it does not know (``known_user``
+    absent or 0: every request through ``embed_features``) gets the features
+    path, plus the history path when they name movies.
     """
 
     def __init__(self, specs: tuple[FeatureSpec, ...], item_count: int, config: ModelConfig):
@@ -116,28 +129,47 @@ class QueryTower(keras.Model):
         self.specs = specs
         self.encoders = [FeatureEncoder(s, config.feature_dim) for s in specs]
         self.history_embedding = _embedding(item_count + 1, config.history_dim, "history")
-        self.projection = keras.layers.Dense(config.embedding_dim, name="projection")
+        self.history_projection = keras.layers.Dense(config.embedding_dim, use_bias=False, name="history_projection")
+        self.feature_projection = keras.layers.Dense(config.embedding_dim, name="feature_projection")
+        self.new_user_weight = tf.Variable(1.0, trainable=False, name="new_user_weight")
+
+    @property
+    def feature_layers(self) -> list[keras.layers.Layer]:
+        """The layers of the features path (trained in their own phase, see trainer.train)."""
+        return [*self.encoders, self.feature_projection]
+
+    def features_part(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+        """The features path before the gate and ``new_user_weight``: float32 [batch, embedding_dim]."""
+        parts = [encoder(inputs[encoder.spec.name]) for encoder in self.encoders]
+        if not parts:  # no user features: the bias alone
+            batch = tf.shape(inputs[HISTORY_MEAN] if HISTORY_MEAN in inputs else inputs[HISTORY])[0]
+            parts = [tf.zeros([batch, 0])]
+        return self.feature_projection(tf.concat(parts, axis=1))
 
     def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
-        parts = [encoder(inputs[encoder.spec.name]) for encoder in self.encoders]
         if HISTORY_MEAN in inputs:
-            parts.append(inputs[HISTORY_MEAN])
+            pooled = inputs[HISTORY_MEAN]
+            has_history = tf.reduce_any(pooled != 0, axis=1)
         else:
             history = inputs[HISTORY]
-            parts.append(masked_mean(self.history_embedding(history), history))
-        return self.projection(tf.concat(parts, axis=1))
+            pooled = masked_mean(self.history_embedding(history), history)
+            has_history = tf.reduce_any(history > 0, axis=1)
+        query = self.history_projection(pooled)
+        new = 1.0 - tf.cast(inputs[KNOWN_USER], query.dtype) if KNOWN_USER in inputs else tf.ones_like(query[:, 0])
+        # Without a history the features path is the whole query, and its weight does not change the ranking.
+        weight = tf.where(has_history, self.new_user_weight, 1.0)
+        return query + (new * weight)[:, None] * self.features_part(inputs)
 
     def build_with_dummy(self) -> None:
         self({**dummy_inputs(self.specs), HISTORY: tf.zeros([1, 1], tf.int32)})
 
     def warm_start(self, history_table: np.ndarray) -> None:
         """Sets the history embedding to ``history_table`` (float [items + 1,
-        history_dim]) and the projection to pass the pooled history through
-        unchanged, every feature's weight and the bias at zero: the tower's output
-        is then the mean of the history rows. Needs ``history_dim == embedding_dim``."""
+        history_dim]) and the history projection to the identity: a known
+        user's query is then the mean of their history rows. Needs
+        ``history_dim == embedding_dim``. The features path is left as it is."""
         self.build_with_dummy()
-        dim = self.history_embedding.output_dim
-        _pass_through(self.projection, slice(-dim, None), "history_dim")  # the history is the last input part
+        _identity(self.history_projection, "history_dim")
         self.history_embedding.set_weights([history_table.astype(np.float32)])
 
 
@@ -145,30 +177,50 @@ class CandidateTower(keras.Model):
     """{"item": int32 [batch] (row + 1, 0 = unknown), item feature name: ...}
     -> float32 [batch, embedding_dim].
 
-    A linear projection of the item-id embedding and the item features' encodings.
+    Two linear paths, one per item:
+
+    * an item the model knows (``item`` > 0): a projection of its item-id embedding;
+    * an item it does not know (``item`` 0, e.g. a new movie added after
+      training): a projection (with a bias) of the item features' encodings,
+      times the constant ``metadata_scale`` (calibrated so that such items take
+      about their share of top-k slots, see trainer.train).
     """
 
     def __init__(self, specs: tuple[FeatureSpec, ...], item_count: int, config: ModelConfig):
         super().__init__(name="candidate_tower")
         self.specs = specs
         self.item_embedding = _embedding(item_count + 1, config.item_id_dim, "item_id")
+        self.id_projection = keras.layers.Dense(config.embedding_dim, name="id_projection")
         self.encoders = [FeatureEncoder(s, config.feature_dim) for s in specs]
-        self.projection = keras.layers.Dense(config.embedding_dim, name="projection")
+        self.metadata_projection = keras.layers.Dense(config.embedding_dim, name="metadata_projection")
+        self.metadata_scale = tf.Variable(1.0, trainable=False, name="metadata_scale")
+
+    @property
+    def metadata_layers(self) -> list[keras.layers.Layer]:
+        """The layers of the metadata path (trained in their own phase, see trainer.train)."""
+        return [*self.encoders, self.metadata_projection]
+
+    def metadata_part(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+        """The metadata path with its scale: float32 [batch, embedding_dim]."""
+        parts = [encoder(inputs[encoder.spec.name]) for encoder in self.encoders]
+        if not parts:  # no item features: the bias alone
+            parts = [tf.zeros([tf.shape(inputs[ITEM])[0], 0])]
+        return self.metadata_scale * self.metadata_projection(tf.concat(parts, axis=1))
 
     def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
-        parts = [self.item_embedding(inputs[ITEM])] + [encoder(inputs[encoder.spec.name]) for encoder in self.encoders]
-        return self.projection(tf.concat(parts, axis=1))
+        item = inputs[ITEM]
+        by_id = self.id_projection(self.item_embedding(item))
+        return tf.where((item > 0)[:, None], by_id, self.metadata_part(inputs))
 
     def build_with_dummy(self) -> None:
         self({**dummy_inputs(self.specs), ITEM: tf.zeros([1], tf.int32)})
 
     def warm_start(self, item_table: np.ndarray) -> None:
         """Sets the item-id embedding to ``item_table`` (float [items + 1,
-        item_id_dim]) and the projection to pass it through unchanged, the
-        features' weights and the bias at zero. Needs ``item_id_dim == embedding_dim``."""
+        item_id_dim]) and its projection to the identity. Needs
+        ``item_id_dim == embedding_dim``. The metadata path is left as it is."""
         self.build_with_dummy()
-        dim = self.item_embedding.output_dim
-        _pass_through(self.projection, slice(0, dim), "item_id_dim")  # the item id is the first input part
+        _identity(self.id_projection, "item_id_dim")
         self.item_embedding.set_weights([item_table.astype(np.float32)])
 
 
@@ -182,10 +234,13 @@ class TwoTowerModel(tfrs.Model):
     the user's training items (catalog mode with ``mask_seen`` only).
 
     ``catalog`` (catalog mode only): the candidate tower's inputs for every item.
+
+    ``l2`` (per example) penalises the squared weights of ``penalised`` layers'
+    kernels and embeddings (not their biases), for the cold-start phases.
     """
 
     def __init__(self, query_tower: QueryTower, candidate_tower: CandidateTower, config: ModelConfig,
-                 catalog: dict[str, np.ndarray] | None = None):
+                 catalog: dict[str, np.ndarray] | None = None, penalised: tuple = (), l2: float = 0.0):
         super().__init__()
         if config.negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {NEGATIVES}, got {config.negatives!r}")
@@ -196,13 +251,20 @@ class TwoTowerModel(tfrs.Model):
         self._config = config
         self._catalog = None if catalog is None else {name: tf.constant(v) for name, v in catalog.items()}
         self.task = tfrs.tasks.Retrieval()
+        self._penalised, self._l2 = penalised, l2
 
     def compute_loss(self, features: dict, training: bool = False) -> tf.Tensor:
         queries = self.query_tower(features["query"])
         positives = self.candidate_tower(features["candidate"])
         if self._config.negatives == "catalog":
-            return self._catalog_loss(queries, positives, features)
-        return self._in_batch_loss(queries, positives, features)
+            loss = self._catalog_loss(queries, positives, features)
+        else:
+            loss = self._in_batch_loss(queries, positives, features)
+        if self._l2 > 0:
+            weights = [w for layer in self._penalised for w in layer.trainable_weights if "bias" not in w.name]
+            # The softmax losses are sums over the batch, so the penalty is per example times the batch.
+            loss += self._l2 * tf.cast(tf.shape(queries)[0], loss.dtype) * tf.add_n([tf.reduce_sum(w**2) for w in weights])
+        return loss
 
     def _in_batch_loss(self, queries: tf.Tensor, positives: tf.Tensor, features: dict) -> tf.Tensor:
         """Softmax of each query's positive against the batch's first ``in_batch_negatives``

@@ -42,12 +42,13 @@ import tf_keras as keras
 
 from serving import ann
 from serving.bundle import EVALUATION, USER_TOWER, BundleStaging
+from trainer import cold_start
 from trainer import evaluate as ev
 from trainer.config import BATCH_SIZES, LEARNING_RATES, ModelConfig, TrainConfig, choose_init, choose_negatives
 from trainer.dataset import Csr, Dataset
 from trainer.export import ITEM_TOWER, ITEMS_SIGNATURE, item_feature_inputs, save_item_tower, save_user_tower
 from trainer.features import empty_columns, feature_columns, feature_specs, seen_csr
-from trainer.model import HISTORY_MEAN, ITEM, CandidateTower, QueryTower, TwoTowerModel
+from trainer.model import HISTORY_MEAN, ITEM, KNOWN_USER, CandidateTower, QueryTower, TwoTowerModel
 from trainer.pipeline import TrainingLog, make_dataset, pooled_histories, training_log
 from trainer.warm_start import blockwise_gram, ease_warm_start, ease_weights
 
@@ -102,25 +103,29 @@ class Towers:
     item_columns: dict[str, np.ndarray]
     query: QueryTower
     candidate: CandidateTower
+    trained_items: np.ndarray  # bool [items]: the item has training interactions (else it is embedded from its features)
 
     def item_vectors(self) -> np.ndarray:
-        """The candidate tower over the catalog: float32 [items, dim]."""
+        """The candidate tower over the catalog: float32 [items, dim]; items without training
+        interactions by their features (the tower's path for an unknown id)."""
         count = self.candidate.item_embedding.input_dim - 1  # row 0 is the unknown item
         parts = []
         for start in range(0, count, EMBED_BATCH):
             rows = np.arange(start, min(start + EMBED_BATCH, count))
             inputs = {name: column[rows] for name, column in self.item_columns.items()}
-            parts.append(self.candidate({**inputs, ITEM: (rows + 1).astype(np.int32)}).numpy())
+            ids = np.where(self.trained_items[rows], rows + 1, 0).astype(np.int32)
+            parts.append(self.candidate({**inputs, ITEM: ids}).numpy())
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def user_vectors(self, seen: Csr, rows: np.ndarray) -> np.ndarray:
-        """The query tower for user ``rows`` over their features and every item in ``seen``: float32 [len(rows), dim]."""
+        """The query tower for known user ``rows`` over every item in ``seen``: float32 [len(rows), dim]."""
         table = self.query.history_embedding.embeddings.numpy()
         parts = []
         for start in range(0, len(rows), EMBED_BATCH):
             block = rows[start : start + EMBED_BATCH]
             inputs = {name: column[block] for name, column in self.user_columns.items()}
             inputs[HISTORY_MEAN] = pooled_histories(seen, block, table)
+            inputs[KNOWN_USER] = np.ones(len(block), np.float32)
             parts.append(self.query(inputs).numpy())
         if not parts:
             return np.zeros((0, self.query.projection.units), dtype=np.float32)
@@ -252,6 +257,8 @@ class Fitted:
     batch_size: int
     seconds: float
     interactions_trained: int  # examples passed through the model, over every epoch and worker
+    new_users: cold_start.NewUserPath
+    new_items: cold_start.NewItemPath
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,11 +298,12 @@ def _ease_init(ds: Dataset, rows: np.ndarray, seen: Csr, towers: Towers, config:
     start = ease_warm_start(
         seen, len(ds.items), users.astype(np.int64), items.astype(np.int64), lam=m.ease_lambda, rank=m.embedding_dim,
         balance=m.init_balance, mask_seen=m.mask_seen, seed=config.seed, tau=m.ease_tau, pair_timestamps=stamps,
+        popularity_column=True,
     )  # fmt: skip
     towers.query.warm_start(start.history)
     towers.candidate.warm_start(start.items)
     log(
-        f"warm start: rank-{m.embedding_dim} EASE (lambda {m.ease_lambda:g}, tau {m.ease_tau:g}) on {len(rows):,} "
+        f"warm start: rank-{m.embedding_dim - 1} EASE + log-popularity (lambda {m.ease_lambda:g}, tau {m.ease_tau:g}) on {len(rows):,} "
         f"interactions, score scale {start.scale:.3g}, initial loss {start.init_loss:.4f}, "
         f"{time.monotonic() - started:.1f} s"
     )
@@ -321,6 +329,7 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
     user_columns, item_columns = feature_columns(ds.users, user_specs), feature_columns(ds.items, item_specs)
     fit_users, fit_items, fit_stamps = _interactions(ds, split.fit)
     fit_log: TrainingLog = training_log(fit_users, fit_items, fit_stamps, user_count, item_count, user_columns, item_columns)
+    trained_items = np.bincount(ds.interactions.items[split.train], minlength=item_count) > 0
 
     def build() -> tuple[Towers, TwoTowerModel]:
         query = QueryTower(user_specs, item_count, model_config)
@@ -332,7 +341,8 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
             catalog = {**item_columns, ITEM: np.arange(1, item_count + 1, dtype=np.int32)}
         model = TwoTowerModel(query, candidate, model_config, catalog)
         model.compile(optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay))
-        return Towers(model_config, user_specs, item_specs, user_columns, item_columns, query, candidate), model
+        return Towers(model_config, user_specs, item_specs, user_columns, item_columns, query, candidate,
+                      trained_items), model
 
     if strategy is None:
         towers, model = build()
@@ -355,12 +365,15 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
         ]
     shards = strategy.num_replicas_in_sync if strategy is not None else 1
 
+    def as_known_users(batch: dict) -> dict:  # this phase trains the paths of the users and items the model knows
+        return {**batch, "query": {**batch["query"], KNOWN_USER: tf.ones(tf.shape(batch["item"]), tf.float32)}}
+
     def dataset_for(context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
         index = context.input_pipeline_id if context is not None else 0
         batch = context.get_per_replica_batch_size(batch_size) if context is not None else batch_size
         return make_dataset(fit_log, batch, model_config.history_length, model_config.history_dropout, config.seed,
                             config.epochs, with_seen=negatives == "catalog" and model_config.mask_seen,
-                            shard=index, shards=shards)[0]
+                            shard=index, shards=shards)[0].map(as_known_users)
 
     per_replica_batch = batch_size // shards if shards > 1 else batch_size
     steps = -(-(len(fit_log) // shards) // per_replica_batch)
@@ -387,8 +400,16 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
                 train_users, train_items, _ = _interactions(ds, split.train)
                 _ease_init(ds, split.train, seen_csr(train_users, train_items, user_count), towers, config, log)
                 refit = True
+    # The cold-start paths, trained against the known paths as they ship (trainer.cold_start).
+    train_users, train_items, train_stamps = _interactions(ds, split.train)
+    train_users, train_items = train_users.astype(np.int64), train_items.astype(np.int64)
+    new_users = cold_start.fit_new_user_path(towers, train_users, train_items, train_stamps, user_count, item_count,
+                                             batch_size, config.seed, strategy, 0, log)
+    new_items = cold_start.fit_new_item_path(towers, train_users, train_items, train_stamps, user_count, item_count,
+                                             batch_size, model_config.history_length, config.seed, strategy,
+                                             0, log)
     return Fitted(towers, history, best_epoch, initial, refit, negatives, init, learning_rate, batch_size,
-                  time.monotonic() - started, trained)
+                  time.monotonic() - started, trained, new_users, new_items)
 
 
 def _peak_rss_bytes() -> int:
@@ -540,6 +561,8 @@ def _training_record(ds: Dataset, split: Split, config: TrainConfig, fitted: Fit
         "negatives": fitted.negatives,
         "init": fitted.init,
         "model": {**dataclasses.asdict(config.model), "negatives": fitted.negatives, "init": fitted.init},
+        "new_user_path": dataclasses.asdict(fitted.new_users),
+        "new_item_path": dataclasses.asdict(fitted.new_items),
         "workers": strategy.num_replicas_in_sync if strategy is not None else 1,
         "train_seconds": round(fitted.seconds, 1),
         "run_seconds": round(seconds, 1),

@@ -178,6 +178,7 @@ def ease_warm_start(
     seed: int = 0,
     tau: float = 0.0,
     pair_timestamps: np.ndarray | None = None,
+    popularity_column: bool = False,
 ) -> WarmStart:
     """Rank-``rank`` EASE tables for the towers, from the interactions ``seen``
     (0-based users x item rows) and the training pairs (int rows into the same
@@ -185,13 +186,23 @@ def ease_warm_start(
 
     ``tau`` > 0 fits EASE on ``temporal_gram`` of the pairs (which then need
     ``pair_timestamps``) instead of XᵀX; the scores still use the plain 0/1
-    histories, so nothing about time is needed at serving."""
+    histories, so nothing about time is needed at serving.
+
+    ``popularity_column``: the last of the ``rank`` columns is not an EASE
+    factor but the item's centred log(count + 1) over the pairs on the item
+    side and 0 on the history side, so known users' scores are rank-(rank - 1)
+    EASE's while a query from features (trainer.model.QueryTower) can weigh
+    popularity, which the EASE factors cannot express."""
     if tau > 0 and pair_timestamps is None:
         raise ValueError("a temporal warm start (tau > 0) needs pair_timestamps")
     stamps = pair_timestamps if pair_timestamps is not None else np.zeros(len(pair_users), dtype=np.int64)
     gram = blockwise_gram(pair_users, pair_items, stamps, item_count, tau if tau > 0 else np.inf)
-    query_side, item_side = factorise(ease_weights(None, lam, gram), rank, balance)
+    query_side, item_side = factorise(ease_weights(None, lam, gram), rank - popularity_column, balance)
     del gram
+    if popularity_column:
+        log_count = np.log1p(np.bincount(pair_items, minlength=item_count))
+        query_side = np.concatenate([query_side, np.zeros((item_count, 1))], axis=1)
+        item_side = np.concatenate([item_side, (log_count - log_count.mean())[:, None]], axis=1)
     if len(pair_users) > sample:
         pick = np.random.default_rng(seed).choice(len(pair_users), size=sample, replace=False)
         pair_users, pair_items = pair_users[pick], pair_items[pick]

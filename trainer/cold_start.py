@@ -1,0 +1,404 @@
+"""The towers' cold-start paths, trained after the known users' and items' paths.
+
+Known users are queried by their history and known items by their id (phase 1,
+trainer.train.fit). Two more TFRS phases then train the paths for what the
+model does not know, each against the other tower frozen, each early-stopped on
+users or items held out of its training (so its epochs are kept only when they
+help, and the figures it logs are honest):
+
+* **new users** (``fit_new_user_path``): the query tower's features path, on
+  training examples whose history is dropped to empty, against the frozen
+  candidate vectors (the catalog softmax, nothing masked: a new user has seen
+  nothing), with L2 on its weights except the bias (which is the query of a
+  user about whom nothing is known: the best popularity vector in the item
+  space). Validation: held-out users ranked from their features alone. Then
+  ``new_user_weight``, the weight of the features path beside a new user's
+  named movies, is chosen on the same held-out users, each naming their
+  ``NAMED_MOVIES`` earliest movies;
+* **new items** (``fit_new_item_path``): the candidate tower's metadata path,
+  on the training examples with the item id dropped (every candidate, the
+  positives and the catalog's, is embedded from its features) against the
+  frozen queries of known users. Validation: held-out items, each user's pair
+  ranked among the held-out items. Then ``metadata_scale`` is chosen so that
+  the held-out items, mixed into the catalog by their metadata vectors, take
+  about their share of the interactions in the known users' top-k slots
+  (uncalibrated, the fitted vectors shrink towards the mean and new items
+  never reach a top 10).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from trainer import evaluate as ev
+from trainer.config import ModelConfig
+from trainer.dataset import Csr
+from trainer.model import HISTORY, HISTORY_MEAN, ITEM, KNOWN_USER, TwoTowerModel
+from trainer.pipeline import TrainingLog, make_dataset, pooled_histories, training_log
+
+HELD_OUT_SHARE = 0.1  # of the training users / items, held out to validate each phase
+MAX_HELD_OUT = 2000  # ... at most this many
+MAX_EXAMPLES = 1_000_000  # training examples per phase (a seeded sample of a larger log)
+# L2 per example on the path's embeddings and kernel (not its bias), chosen on the held-out
+# users / items among these while the examples times the grid stay within MAX_EXAMPLES; else the middle one.
+NEW_USER_L2_GRID = (1e-4, 1e-3, 1e-2)
+NEW_ITEM_L2_GRID = (1e-5, 1e-4, 1e-3)
+LEARNING_RATE = 0.01
+EPOCHS = 20
+PATIENCE = 2
+NAMED_MOVIES = 5  # a held-out user names this many earliest movies when new_user_weight is chosen
+# new_user_weight candidates, in units of (spread of history scores / spread of feature scores)
+NEW_USER_WEIGHT_GRID = (0.0, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+SHARE_TOP_K = 10  # metadata_scale matches new items' share of these top-k slots ...
+SCALE_USERS = 2000  # ... over at most this many known users
+VALIDATION_METRIC = "val_cold_score"
+
+
+def _score(hr: np.ndarray, k_small: int, k_large: int) -> float:
+    """The early-stopping criterion of trainer.train: HR@small + HR@large / 4."""
+    return float(hr[k_small - 1] + hr[k_large - 1] / 4)
+
+
+class _KeepBest(keras.callbacks.Callback):
+    """Scores ``layers`` before training (logged only: a path's start is random) and after
+    each epoch with ``score`` (-> (value, text)); keeps the best epoch's weights (the earlier
+    on a tie) and restores them at the end."""
+
+    def __init__(self, layers: list, score, log):
+        super().__init__()
+        self._layers, self._score, self._log = layers, score, log
+        self.scores: list[float] = []
+        self._best: list | None = None
+
+    def _evaluate(self, epoch: int, logs: dict | None) -> None:
+        value, text = self._score()
+        self._log(f"  epoch {epoch}: {text}")
+        if len(self.scores) <= 1 or value > max(self.scores[1:]):
+            self._best = [layer.get_weights() for layer in self._layers]
+        self.scores.append(value)
+        if logs is not None:
+            logs[VALIDATION_METRIC] = value
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._evaluate(0, None)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._evaluate(epoch + 1, logs)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        for layer, weights in zip(self._layers, self._best):
+            layer.set_weights(weights)
+
+    @property
+    def best_epoch(self) -> int:
+        return 1 + int(np.argmax(self.scores[1:])) if len(self.scores) > 1 else 0
+
+    @property
+    def best_score(self) -> float:
+        return self.scores[self.best_epoch]
+
+
+def _towers_layers(towers) -> list:
+    return [*towers.query.layers, *towers.candidate.layers]
+
+
+def _run_phase(towers, trainable: list, log_data: TrainingLog, transform, catalog: dict | None, config: ModelConfig,
+               l2: float, batch_size: int, history_length: int, history_dropout: float, seed: int, keep: _KeepBest,
+               strategy, verbose: int) -> int:
+    """Trains only the ``trainable`` layers of the towers with the softmax of ``config``
+    on ``log_data`` (each batch passed through ``transform``); returns the epochs run."""
+    for layer in _towers_layers(towers):
+        layer.trainable = any(layer is t for t in trainable)
+    shards = strategy.num_replicas_in_sync if strategy is not None else 1
+
+    def build() -> TwoTowerModel:
+        model = TwoTowerModel(towers.query, towers.candidate, config, catalog, penalised=tuple(trainable), l2=l2)
+        model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
+        return model
+
+    def dataset_for(context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+        index = context.input_pipeline_id if context is not None else 0
+        batch = context.get_per_replica_batch_size(batch_size) if context is not None else batch_size
+        return make_dataset(log_data, batch, history_length, history_dropout, seed, EPOCHS, with_seen=False,
+                            shard=index, shards=shards)[0].map(transform)
+
+    try:
+        if strategy is None:
+            model, data = build(), dataset_for()
+        else:
+            with strategy.scope():
+                model = build()
+            data = strategy.distribute_datasets_from_function(dataset_for)
+        per_replica = batch_size // shards if shards > 1 else batch_size
+        steps = -(-(len(log_data) // shards) // per_replica)
+        stop = keras.callbacks.EarlyStopping(monitor=VALIDATION_METRIC, mode="max", patience=PATIENCE)
+        history = model.fit(data, epochs=EPOCHS, steps_per_epoch=steps, callbacks=[keep, stop], verbose=verbose)
+    finally:
+        for layer in _towers_layers(towers):
+            layer.trainable = True
+    return len(history.history["loss"])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Trained:
+    l2: float
+    epochs_run: int
+    best_epoch: int
+    scores: dict  # l2 -> best held-out score
+
+
+def _train_path(towers, layers: list, grid: tuple, score, log_data: TrainingLog, transform, catalog, config,
+                batch_size: int, history_length: int, history_dropout: float, seed: int, strategy, verbose: int,
+                log) -> _Trained:
+    """Trains ``layers`` once per L2 of ``grid`` (or its middle value on a large log), each
+    from the same start and early-stopped on ``score``; keeps the best run's best epoch."""
+    if len(log_data) * len(grid) > MAX_EXAMPLES:
+        grid = (grid[len(grid) // 2],)
+    start = [layer.get_weights() for layer in layers]
+    best, scores = None, {}
+    for l2 in grid:
+        for layer, weights in zip(layers, start):
+            layer.set_weights(weights)
+        log(f" L2 {l2:g}:")
+        keep = _KeepBest(layers, score, log)
+        epochs = _run_phase(towers, layers, log_data, transform, catalog, config, l2, batch_size, history_length,
+                            history_dropout, seed, keep, strategy, verbose)
+        scores[l2] = keep.best_score
+        if best is None or scores[l2] > scores[best[0].l2]:
+            best = (_Trained(l2, epochs, keep.best_epoch, {}), [layer.get_weights() for layer in layers])
+    for layer, weights in zip(layers, best[1]):
+        layer.set_weights(weights)
+    log(f" kept L2 {best[0].l2:g}, epoch {best[0].best_epoch}")
+    return dataclasses.replace(best[0], scores={str(k): v for k, v in scores.items()})
+
+
+def _sample_rows(rows: np.ndarray, seed: int) -> np.ndarray:
+    if len(rows) <= MAX_EXAMPLES:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, size=MAX_EXAMPLES, replace=False))
+
+
+def _held_out(candidates: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded HELD_OUT_SHARE of ``candidates`` (at most MAX_HELD_OUT, at least 1), sorted."""
+    count = int(min(MAX_HELD_OUT, max(1, round(HELD_OUT_SHARE * len(candidates)))))
+    return np.sort(np.random.default_rng(seed).choice(candidates, size=count, replace=False))
+
+
+def _log_of(users, items, stamps, rows: np.ndarray, towers, user_count: int, item_count: int) -> TrainingLog:
+    return training_log(users[rows], items[rows], stamps[rows], user_count, item_count, towers.user_columns,
+                        towers.item_columns)
+
+
+def _csr_of(users: np.ndarray, items: np.ndarray, rows: np.ndarray) -> Csr:
+    """Each of ``rows``' (user rows) distinct items among the pairs (users, items): a Csr over ``rows``."""
+    local = np.searchsorted(rows, users)
+    inside = (local < len(rows)) & (rows[np.minimum(local, len(rows) - 1)] == users)
+    pairs = np.unique(np.stack([local[inside], items[inside]], axis=1), axis=0)
+    splits = np.concatenate([[0], np.cumsum(np.bincount(pairs[:, 0], minlength=len(rows)))]).astype(np.int64)
+    return Csr(splits=splits, values=pairs[:, 1].astype(np.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class NewUserPath:
+    trained: dict  # the L2 kept, its epochs run and best epoch, the best held-out score of every L2 tried
+    held_out_users: int
+    features_only: dict  # HR@10 / HR@100 of the features path and of popularity on the held-out users
+    new_user_weight: float
+    named_movies: dict  # HR@10 / HR@100 of history + weight x features and of popularity, NAMED_MOVIES named
+
+
+def fit_new_user_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.ndarray, user_count: int,
+                      item_count: int, batch_size: int, seed: int, strategy=None, verbose: int = 0,
+                      log=print) -> NewUserPath:
+    """Trains the query tower's features path (see the module doc) on the training
+    interactions (user rows, item rows, timestamps); returns what it chose and scored."""
+    held = _held_out(np.unique(users), seed + 1000)
+    trained_rows = _sample_rows(np.flatnonzero(~np.isin(users, held)), seed)
+    log_data = _log_of(users, items, stamps, trained_rows, towers, user_count, item_count)
+    held_rows = np.flatnonzero(np.isin(users, held))
+    held_seen = _csr_of(users[held_rows], items[held_rows], held)
+    pair_users = np.repeat(np.arange(len(held)), held_seen.lengths())
+    pair_items = held_seen.values.astype(np.int64)
+    popularity = np.bincount(items[trained_rows], minlength=item_count).astype(np.float32)
+    features = {name: column[held] for name, column in towers.user_columns.items()}
+    dim = towers.query.history_embedding.output_dim
+
+    def features_only() -> np.ndarray:
+        return towers.query({**features, HISTORY_MEAN: np.zeros((len(held), dim), np.float32)}).numpy()
+
+    def score() -> tuple[float, str]:
+        hr = ev.hit_rates(features_only(), towers.item_vectors(), pair_users, pair_items, None)
+        return _score(hr, 10, 100), f"held-out users from features: HR@10 {hr[9]:.4f}  HR@100 {hr[99]:.4f}"
+
+    pop_hr = ev.hit_rates(np.ones((len(held), 1), np.float32), popularity[:, None], pair_users, pair_items, None)
+    log(f"new-user path: features only, {len(log_data):,} examples; {len(held):,} held-out users, popularity "
+        f"HR@10 {pop_hr[9]:.4f}  HR@100 {pop_hr[99]:.4f}")
+    towers.query.new_user_weight.assign(1.0)
+    catalog = None
+    if towers.config.negatives == "catalog":
+        catalog = {**towers.item_columns, ITEM: np.arange(1, item_count + 1, dtype=np.int32)}
+
+    def without_history(batch: dict) -> dict:
+        return batch  # the history is sampled empty (dropout 1) and known_user absent: a new user
+
+    config = dataclasses.replace(towers.config, mask_seen=False)
+    trained = _train_path(towers, towers.query.feature_layers, NEW_USER_L2_GRID, score, log_data, without_history,
+                          catalog, config, batch_size, 1, 1.0, seed, strategy, verbose, log)
+    hr = ev.hit_rates(features_only(), towers.item_vectors(), pair_users, pair_items, None)
+    weight, named = _choose_new_user_weight(towers, users, items, stamps, held, features, popularity, log)
+    return NewUserPath(
+        trained=dataclasses.asdict(trained), held_out_users=len(held),
+        features_only={"model": {"hr@10": float(hr[9]), "hr@100": float(hr[99])},
+                       "popularity": {"hr@10": float(pop_hr[9]), "hr@100": float(pop_hr[99])}},
+        new_user_weight=weight, named_movies=named,
+    )
+
+
+def _choose_new_user_weight(towers, users, items, stamps, held, features, popularity, log) -> tuple[float, dict]:
+    """new_user_weight by HR@10 + HR@100/4 of the held-out users who name their NAMED_MOVIES
+    earliest movies (excluded from the ranking; the rest are the targets). Sets it on the tower."""
+    rows = np.flatnonzero(np.isin(users, held))
+    rows = rows[np.lexsort((items[rows], stamps[rows], users[rows]))]
+    local = np.searchsorted(held, users[rows])
+    place = np.arange(len(rows)) - np.searchsorted(local, local)  # position in the user's time order
+    named, rest = place < NAMED_MOVIES, place >= NAMED_MOVIES
+    enough = np.bincount(local[rest], minlength=len(held)) > 0
+    if not enough.any():
+        log(f"new-user weight: no held-out user has more than {NAMED_MOVIES} interactions; kept at 1")
+        return 1.0, {}
+    keep_users = np.flatnonzero(enough)
+    named_seen = _csr_of(local[named], items[rows][named], keep_users)
+    target = rest & enough[local]
+    pair_users = np.searchsorted(keep_users, local[target])
+    pair_items = items[rows][target].astype(np.int64)
+    table = towers.query.history_embedding.embeddings.numpy()
+    pooled = pooled_histories(named_seen, np.arange(len(keep_users)), table)
+    history = towers.query.history_projection(pooled).numpy()
+    towers.query.new_user_weight.assign(1.0)
+    dim = table.shape[1]
+    chosen = {name: column[keep_users] for name, column in features.items()}
+    from_features = towers.query({**chosen, HISTORY_MEAN: np.zeros((len(keep_users), dim), np.float32)}).numpy()
+    item_vectors = towers.item_vectors()
+    ratio = float(np.std(history @ item_vectors.T) / max(np.std(from_features @ item_vectors.T), 1e-12))
+    results = {}
+    for factor in NEW_USER_WEIGHT_GRID:
+        hr = ev.hit_rates(history + factor * ratio * from_features, item_vectors, pair_users, pair_items, named_seen)
+        results[factor] = hr
+    best = max(NEW_USER_WEIGHT_GRID, key=lambda f: (_score(results[f], 10, 100), -f))
+    weight = best * ratio
+    pop_hr = ev.hit_rates(np.ones((len(keep_users), 1), np.float32), popularity[:, None], pair_users, pair_items, named_seen)
+    log(f"new-user weight {weight:.4g} ({best:g} x spread ratio {ratio:.3g}) on {len(keep_users):,} held-out users naming "
+        f"{NAMED_MOVIES} movies: HR@10 {results[best][9]:.4f}  HR@100 {results[best][99]:.4f}; history alone "
+        f"{results[0.0][9]:.4f} / {results[0.0][99]:.4f}; popularity {pop_hr[9]:.4f} / {pop_hr[99]:.4f}")
+    towers.query.new_user_weight.assign(weight)
+    return float(weight), {
+        "model": {"hr@10": float(results[best][9]), "hr@100": float(results[best][99])},
+        "history_only": {"hr@10": float(results[0.0][9]), "hr@100": float(results[0.0][99])},
+        "popularity": {"hr@10": float(pop_hr[9]), "hr@100": float(pop_hr[99])},
+        "users": len(keep_users),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class NewItemPath:
+    trained: dict  # the L2 kept, its epochs run and best epoch, the best held-out score of every L2 tried
+    held_out_items: int
+    among_new_items: dict  # HR@10 / HR@50 of each held-out item's pairs ranked among the held-out items
+    metadata_scale: float
+    top_k_share: dict  # held-out items' share of the top-k slots (calibrated) and of the interactions
+
+
+def fit_new_item_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.ndarray, user_count: int,
+                      item_count: int, batch_size: int, history_length: int, seed: int, strategy=None,
+                      verbose: int = 0, log=print) -> NewItemPath:
+    """Trains the candidate tower's metadata path and calibrates ``metadata_scale``
+    (see the module doc) on the training interactions; returns what it chose and scored."""
+    held = _held_out(np.unique(items), seed + 2000)
+    is_held = np.zeros(item_count, dtype=bool)
+    is_held[held] = True
+    trained_rows = _sample_rows(np.flatnonzero(~is_held[items]), seed)
+    log_data = _log_of(users, items, stamps, trained_rows, towers, user_count, item_count)
+    # Known users as they would be if the held-out items were new: histories without them.
+    user_rows = np.unique(users)
+    seen = _csr_of(users[trained_rows], items[trained_rows], user_rows)
+    table = towers.query.history_embedding.embeddings.numpy()
+    queries = towers.query({**{n: c[user_rows] for n, c in towers.user_columns.items()},
+                            HISTORY_MEAN: pooled_histories(seen, np.arange(len(user_rows)), table),
+                            KNOWN_USER: np.ones(len(user_rows), np.float32)}).numpy()
+    held_pairs = np.unique(np.stack([np.searchsorted(user_rows, users[is_held[items]]), items[is_held[items]]], axis=1),
+                           axis=0)
+    pair_users, pair_items = held_pairs[:, 0], np.searchsorted(held, held_pairs[:, 1])
+    held_inputs = {**{n: c[held] for n, c in towers.item_columns.items()}, ITEM: np.zeros(len(held), np.int32)}
+    # HR@10 and HR@50 among the held-out items (the research protocol), smaller K for a few items.
+    k_small, k_large = min(10, max(1, len(held) // 10)), min(50, max(1, len(held) // 2))
+
+    def score() -> tuple[float, str]:
+        hr = ev.hit_rates(queries, towers.candidate(held_inputs).numpy(), pair_users, pair_items, None, max_k=k_large)
+        return _score(hr, k_small, k_large), \
+            f"held-out items from metadata, among themselves: HR@{k_small} {hr[k_small - 1]:.4f}  HR@{k_large} {hr[-1]:.4f}"
+
+    log(f"new-item path: metadata only, {len(log_data):,} examples; {len(held):,} held-out items "
+        f"(random: HR@{k_small} {k_small / len(held):.4f}  HR@{k_large} {k_large / len(held):.4f})")
+    towers.candidate.metadata_scale.assign(1.0)
+    kept_items = np.flatnonzero(~is_held)
+    sub_catalog = np.full(item_count, -1, np.int64)
+    sub_catalog[kept_items] = np.arange(len(kept_items))
+    catalog = None
+    if towers.config.negatives == "catalog":
+        catalog = {**{n: c[kept_items] for n, c in towers.item_columns.items()}, ITEM: np.zeros(len(kept_items), np.int32)}
+    to_sub_catalog = tf.constant(sub_catalog)
+
+    def metadata_only(batch: dict) -> dict:
+        candidate = {**batch["candidate"], ITEM: tf.zeros_like(batch["candidate"][ITEM])}
+        query = {**batch["query"], KNOWN_USER: tf.ones(tf.shape(batch["item"]), tf.float32)}
+        item = tf.gather(to_sub_catalog, batch["item"]) if catalog is not None else batch["item"]
+        return {**batch, "query": query, "candidate": candidate, "item": tf.cast(item, batch["item"].dtype)}
+
+    config = dataclasses.replace(towers.config, mask_seen=False)
+    trained = _train_path(towers, towers.candidate.metadata_layers, NEW_ITEM_L2_GRID, score, log_data, metadata_only,
+                          catalog, config, batch_size, history_length, 0.0, seed, strategy, verbose, log)
+    hr = ev.hit_rates(queries, towers.candidate(held_inputs).numpy(), pair_users, pair_items, None, max_k=k_large)
+    scale, share = _calibrate(towers, queries, seen, held, held_inputs, is_held, items, log)
+    return NewItemPath(
+        trained=dataclasses.asdict(trained), held_out_items=len(held),
+        among_new_items={f"hr@{k_small}": float(hr[k_small - 1]), f"hr@{k_large}": float(hr[-1]),
+                         f"random_hr@{k_small}": k_small / len(held), f"random_hr@{k_large}": k_large / len(held)},
+        metadata_scale=scale, top_k_share=share,
+    )
+
+
+def _calibrate(towers, queries, seen: Csr, held, held_inputs, is_held, items, log) -> tuple[float, dict]:
+    """metadata_scale: the held-out items take their metadata vectors times the scale, the
+    rest their id vectors; the scale (log grid) whose share of the known users' top-k slots
+    (their other items excluded) is closest to the held-out items' share of the interactions."""
+    target = float(is_held[items].mean())
+    item_vectors = towers.item_vectors()
+    metadata = towers.candidate(held_inputs).numpy()
+    users = np.random.default_rng(0).permutation(len(queries))[:SCALE_USERS]
+    base = np.mean(np.linalg.norm(item_vectors[~is_held], axis=1)) / max(np.mean(np.linalg.norm(metadata, axis=1)), 1e-12)
+    mixed = item_vectors.copy()
+
+    def share_at(scale: float) -> float:
+        mixed[held] = scale * metadata
+        scores = queries[users] @ mixed.T
+        lengths = seen.lengths()[users]
+        scores[np.repeat(np.arange(len(users)), lengths),
+               np.concatenate([seen.values[seen.splits[u]:seen.splits[u + 1]] for u in users])] = -np.inf
+        k = min(SHARE_TOP_K, scores.shape[1] - 1)
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        return float(is_held[top].mean())
+
+    grid = base * np.logspace(-1.5, 1.5, 31)
+    shares = [share_at(s) for s in grid]
+    best = int(np.argmin([abs(s - target) for s in shares]))
+    scale = float(grid[best])
+    unscaled, at_norm = share_at(1.0), share_at(base)
+    towers.candidate.metadata_scale.assign(scale)
+    log(f"metadata scale {scale:.4g}: held-out items take {shares[best]:.3f} of the top-{SHARE_TOP_K} slots "
+        f"(their share of interactions {target:.3f}; unscaled {unscaled:.3f}, at the known items' mean norm {at_norm:.3f})")
+    return scale, {"calibrated": shares[best], "interactions": target, "unscaled": unscaled, "at_known_norm": at_norm,
+                   "k": SHARE_TOP_K}
