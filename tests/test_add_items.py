@@ -206,7 +206,7 @@ def _wait_for_version(stub, version: str, timeout: float = 60.0) -> None:
     while True:
         status = stub.GetModelStatus(pb.GetModelStatusRequest(), timeout=10)
         held = {s.service: {v.version for v in s.versions if v.state == AVAILABLE} for s in status.services}
-        if all(int(version) in held.get(s, ()) for s in ("recsys.v1.QueryService", "recsys.v1.IndexService")):
+        if all(version in held.get(s, ()) for s in ("recsys.v1.QueryService", "recsys.v1.IndexService")):
             return
         assert time.monotonic() < deadline, f"version {version} not loaded by both tiers: {held}"
         time.sleep(0.1)
