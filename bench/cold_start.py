@@ -320,23 +320,24 @@ def main(argv: list[str] | None = None) -> int:
     genres = np.zeros((len(ds.items), len(genre.vocab)))
     genres[np.repeat(np.arange(len(ds.items)), genre.lists.lengths()), genre.lists.values - 1] = 1.0
     seeds = DRAW_SEEDS[: args.draws]
-    draws = []
+    draws: list[dict] = []
+    command = "python -m bench.cold_start " + " ".join(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
         for seed in seeds:
             log(f"draw {seed}")
-            draw = {**new_user_draw(ds, x, seed, Path(tmp), args.epochs),
-                    **new_movie_draw(ds, x, genres, seed, Path(tmp), args.epochs)}
-            draws.append(draw)
-    report = {
-        "command": "python -m bench.cold_start " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "data": str(args.data_dir), "draw_seeds": list(seeds), "epochs_cap": args.epochs,
-        "protocols": {p: summarise([d[p] for d in draws]) for p in TARGETS},
-        "ratios": {p: ratios([d[p] for d in draws], baseline) for p, (baseline, _) in TARGETS.items()},
-        "personalisation": [d["personalisation"] for d in draws],
-        "seconds": round(time.monotonic() - started, 1),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+            draws.append({**new_user_draw(ds, x, seed, Path(tmp), args.epochs),
+                          **new_movie_draw(ds, x, genres, seed, Path(tmp), args.epochs)})
+            # Written after every draw, so a long run interrupted still leaves the draws it finished.
+            report = {
+                "command": command, "data": str(args.data_dir), "draw_seeds": list(seeds[: len(draws)]),
+                "epochs_cap": args.epochs,
+                "protocols": {p: summarise([d[p] for d in draws]) for p in TARGETS},
+                "ratios": {p: ratios([d[p] for d in draws], baseline) for p, (baseline, _) in TARGETS.items()},
+                "personalisation": [d["personalisation"] for d in draws],
+                "seconds": round(time.monotonic() - started, 1),
+            }
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     print(table(report))
     for seed, p in zip(seeds, report["personalisation"]):
         print(f"draw {seed}: {p['distinct top-10 lists']} distinct top-10 lists among {p['held-out users']} new users "
