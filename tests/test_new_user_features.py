@@ -180,3 +180,17 @@ def test_cli_describes_a_new_user(live_stack, capsys):
     assert "fallback" not in out and len(rows) == 3 and watched not in [row.split()[1] for row in rows]
     assert cli.main(["--address", live_stack.gateway.address, "recommend", "someone-new", "-k", "3"]) == 0
     assert "fallback" in capsys.readouterr().out
+
+
+def test_two_demographic_profiles_get_different_personalised_answers(live_stack):
+    """Features alone (no movies) are personalised: different profiles, different lists."""
+    answers = []
+    for age, gender, occupation in ((25, "F", "student"), (60, "M", "retired")):
+        features = common_pb2.UserFeatures(age=age, gender=gender, occupation=occupation)
+        response = live_stack.stub.Recommend(pb.RecommendRequest(user_id="new", k=10, user_features=features), timeout=10)
+        assert not response.fallback
+        answers.append([(i.item_id, round(i.score, 4)) for i in response.items])
+    assert answers[0] != answers[1]
+    # Values the model never saw are nothing to go on: the fallback.
+    unknown = common_pb2.UserFeatures(gender="?", occupation="astronaut")
+    assert live_stack.stub.Recommend(pb.RecommendRequest(user_id="new", k=10, user_features=unknown), timeout=10).fallback

@@ -36,7 +36,7 @@ import tf_keras as keras
 
 from trainer import evaluate as ev
 from trainer.config import ModelConfig
-from trainer.dataset import Csr
+from trainer.dataset import CATEGORICAL, MULTI, TEXT, Csr
 from trainer.model import HISTORY, HISTORY_MEAN, ITEM, KNOWN_USER, TwoTowerModel
 from trainer.pipeline import TrainingLog, make_dataset, pooled_histories, training_log
 
@@ -45,14 +45,18 @@ MAX_HELD_OUT = 2000  # ... at most this many
 MAX_EXAMPLES = 1_000_000  # training examples per phase (a seeded sample of a larger log)
 # L2 per example on the path's embeddings and kernel (not its bias), chosen on the held-out
 # users / items among these while the examples times the grid stay within MAX_EXAMPLES; else the middle one.
-NEW_USER_L2_GRID = (1e-4, 1e-3, 1e-2)
-NEW_ITEM_L2_GRID = (1e-5, 1e-4, 1e-3)
+NEW_USER_L2_GRID = (1e-2, 1e-1)
+NEW_ITEM_L2_GRID = (1e-4, 1e-3)
+# Features with few examples per value (text, and categorical ones with more values than this)
+# overfit a path easily (ml-100k: title words cost new movies, zip prefixes new users); each path
+# is also trained without them, and the held-out users / items choose.
+SPARSE_VALUES = 100
 LEARNING_RATE = 0.01
 EPOCHS = 20
 PATIENCE = 2
 NAMED_MOVIES = 5  # a held-out user names this many earliest movies when new_user_weight is chosen
 # new_user_weight candidates, in units of (spread of history scores / spread of feature scores)
-NEW_USER_WEIGHT_GRID = (0.0, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+NEW_USER_WEIGHT_GRID = (0.0, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 SHARE_TOP_K = 10  # metadata_scale matches new items' share of these top-k slots ...
 SCALE_USERS = 2000  # ... over at most this many known users
 VALIDATION_METRIC = "val_cold_score"
@@ -148,32 +152,46 @@ class _Trained:
     l2: float
     epochs_run: int
     best_epoch: int
-    scores: dict  # l2 -> best held-out score
+    scores: dict  # run name -> best held-out score
+    left_out: list  # features the path does not use
 
 
-def _train_path(towers, layers: list, grid: tuple, score, log_data: TrainingLog, transform, catalog, config,
-                batch_size: int, history_length: int, history_dropout: float, seed: int, strategy, verbose: int,
-                log) -> _Trained:
-    """Trains ``layers`` once per L2 of ``grid`` (or its middle value on a large log), each
-    from the same start and early-stopped on ``score``; keeps the best run's best epoch."""
-    if len(log_data) * len(grid) > MAX_EXAMPLES:
-        grid = (grid[len(grid) // 2],)
+def _sparse(spec) -> bool:
+    return spec.kind == TEXT or (spec.kind in (CATEGORICAL, MULTI) and len(spec.vocab) > SPARSE_VALUES)
+
+
+def _train_path(towers, layers: list, mask: tf.Variable, specs: tuple, grid: tuple, score, log_data: TrainingLog,
+                transform, catalog, config, batch_size: int, history_length: int, history_dropout: float, seed: int,
+                strategy, verbose: int, log) -> _Trained:
+    """Trains ``layers`` once per L2 of ``grid`` and feature set (all features; without the
+    sparse ones, if any), each from the same start and early-stopped on ``score``; keeps the
+    best run's best epoch and sets ``mask`` to its features. On a large log (examples x runs
+    above MAX_EXAMPLES) only the middle L2 with all features."""
+    sparse = tuple(s.name for s in specs if _sparse(s))
+    feature_sets = [()] + ([sparse] if sparse else [])
+    runs = [(l2, left_out) for left_out in feature_sets for l2 in grid]
+    if len(log_data) * len(runs) > MAX_EXAMPLES:
+        runs = [(grid[len(grid) // 2], ())]
     start = [layer.get_weights() for layer in layers]
     best, scores = None, {}
-    for l2 in grid:
+    for l2, left_out in runs:
         for layer, weights in zip(layers, start):
             layer.set_weights(weights)
-        log(f" L2 {l2:g}:")
+        mask.assign([0.0 if s.name in left_out else 1.0 for s in specs])
+        name = f"L2 {l2:g}" + (f", without {', '.join(left_out)}" if left_out else "")
+        log(f" {name}:")
         keep = _KeepBest(layers, score, log)
         epochs = _run_phase(towers, layers, log_data, transform, catalog, config, l2, batch_size, history_length,
                             history_dropout, seed, keep, strategy, verbose)
-        scores[l2] = keep.best_score
-        if best is None or scores[l2] > scores[best[0].l2]:
-            best = (_Trained(l2, epochs, keep.best_epoch, {}), [layer.get_weights() for layer in layers])
+        scores[name] = keep.best_score
+        if best is None or keep.best_score > scores[best[2]]:
+            best = (_Trained(l2, epochs, keep.best_epoch, {}, list(left_out)), [layer.get_weights() for layer in layers],
+                    name)
     for layer, weights in zip(layers, best[1]):
         layer.set_weights(weights)
-    log(f" kept L2 {best[0].l2:g}, epoch {best[0].best_epoch}")
-    return dataclasses.replace(best[0], scores={str(k): v for k, v in scores.items()})
+    mask.assign([0.0 if s.name in best[0].left_out else 1.0 for s in specs])
+    log(f" kept {best[2]}, epoch {best[0].best_epoch}")
+    return dataclasses.replace(best[0], scores=scores)
 
 
 def _sample_rows(rows: np.ndarray, seed: int) -> np.ndarray:
@@ -204,7 +222,7 @@ def _csr_of(users: np.ndarray, items: np.ndarray, rows: np.ndarray) -> Csr:
 
 @dataclasses.dataclass(frozen=True)
 class NewUserPath:
-    trained: dict  # the L2 kept, its epochs run and best epoch, the best held-out score of every L2 tried
+    trained: dict  # the L2 and features kept, its epochs run and best epoch, the held-out score of every run
     held_out_users: int
     features_only: dict  # HR@10 / HR@100 of the features path and of popularity on the held-out users
     new_user_weight: float
@@ -246,7 +264,8 @@ def fit_new_user_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.n
         return batch  # the history is sampled empty (dropout 1) and known_user absent: a new user
 
     config = dataclasses.replace(towers.config, mask_seen=False)
-    trained = _train_path(towers, towers.query.feature_layers, NEW_USER_L2_GRID, score, log_data, without_history,
+    trained = _train_path(towers, towers.query.feature_layers, towers.query.feature_mask, towers.user_specs,
+                          NEW_USER_L2_GRID, score, log_data, without_history,
                           catalog, config, batch_size, 1, 1.0, seed, strategy, verbose, log)
     hr = ev.hit_rates(features_only(), towers.item_vectors(), pair_users, pair_items, None)
     weight, named = _choose_new_user_weight(towers, users, items, stamps, held, features, popularity, log)
@@ -305,7 +324,7 @@ def _choose_new_user_weight(towers, users, items, stamps, held, features, popula
 
 @dataclasses.dataclass(frozen=True)
 class NewItemPath:
-    trained: dict  # the L2 kept, its epochs run and best epoch, the best held-out score of every L2 tried
+    trained: dict  # the L2 and features kept, its epochs run and best epoch, the held-out score of every run
     held_out_items: int
     among_new_items: dict  # HR@10 / HR@50 of each held-out item's pairs ranked among the held-out items
     metadata_scale: float
@@ -359,7 +378,8 @@ def fit_new_item_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.n
         return {**batch, "query": query, "candidate": candidate, "item": tf.cast(item, batch["item"].dtype)}
 
     config = dataclasses.replace(towers.config, mask_seen=False)
-    trained = _train_path(towers, towers.candidate.metadata_layers, NEW_ITEM_L2_GRID, score, log_data, metadata_only,
+    trained = _train_path(towers, towers.candidate.metadata_layers, towers.candidate.feature_mask, towers.item_specs,
+                          NEW_ITEM_L2_GRID, score, log_data, metadata_only,
                           catalog, config, batch_size, history_length, 0.0, seed, strategy, verbose, log)
     hr = ev.hit_rates(queries, towers.candidate(held_inputs).numpy(), pair_users, pair_items, None, max_k=k_large)
     scale, share = _calibrate(towers, queries, seen, held, held_inputs, is_held, items, log)
@@ -392,7 +412,7 @@ def _calibrate(towers, queries, seen: Csr, held, held_inputs, is_held, items, lo
         top = np.argpartition(-scores, k, axis=1)[:, :k]
         return float(is_held[top].mean())
 
-    grid = base * np.logspace(-1.5, 1.5, 31)
+    grid = base * np.logspace(-1.5, 1.5, 121)
     shares = [share_at(s) for s in grid]
     best = int(np.argmin([abs(s - target) for s in shares]))
     scale = float(grid[best])

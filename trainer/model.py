@@ -132,6 +132,8 @@ class QueryTower(keras.Model):
         self.history_projection = keras.layers.Dense(config.embedding_dim, use_bias=False, name="history_projection")
         self.feature_projection = keras.layers.Dense(config.embedding_dim, name="feature_projection")
         self.new_user_weight = tf.Variable(1.0, trainable=False, name="new_user_weight")
+        # 1 per feature the features path uses, 0 for one it leaves out (chosen in training, trainer.cold_start).
+        self.feature_mask = tf.Variable(tf.ones([len(specs)]), trainable=False, name="feature_mask")
 
     @property
     def feature_layers(self) -> list[keras.layers.Layer]:
@@ -140,7 +142,7 @@ class QueryTower(keras.Model):
 
     def features_part(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
         """The features path before the gate and ``new_user_weight``: float32 [batch, embedding_dim]."""
-        parts = [encoder(inputs[encoder.spec.name]) for encoder in self.encoders]
+        parts = [self.feature_mask[i] * encoder(inputs[encoder.spec.name]) for i, encoder in enumerate(self.encoders)]
         if not parts:  # no user features: the bias alone
             batch = tf.shape(inputs[HISTORY_MEAN] if HISTORY_MEAN in inputs else inputs[HISTORY])[0]
             parts = [tf.zeros([batch, 0])]
@@ -194,6 +196,8 @@ class CandidateTower(keras.Model):
         self.encoders = [FeatureEncoder(s, config.feature_dim) for s in specs]
         self.metadata_projection = keras.layers.Dense(config.embedding_dim, name="metadata_projection")
         self.metadata_scale = tf.Variable(1.0, trainable=False, name="metadata_scale")
+        # 1 per feature the metadata path uses, 0 for one it leaves out (chosen in training, trainer.cold_start).
+        self.feature_mask = tf.Variable(tf.ones([len(specs)]), trainable=False, name="feature_mask")
 
     @property
     def metadata_layers(self) -> list[keras.layers.Layer]:
@@ -202,7 +206,7 @@ class CandidateTower(keras.Model):
 
     def metadata_part(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
         """The metadata path with its scale: float32 [batch, embedding_dim]."""
-        parts = [encoder(inputs[encoder.spec.name]) for encoder in self.encoders]
+        parts = [self.feature_mask[i] * encoder(inputs[encoder.spec.name]) for i, encoder in enumerate(self.encoders)]
         if not parts:  # no item features: the bias alone
             parts = [tf.zeros([tf.shape(inputs[ITEM])[0], 0])]
         return self.metadata_scale * self.metadata_projection(tf.concat(parts, axis=1))

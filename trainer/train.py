@@ -103,18 +103,15 @@ class Towers:
     item_columns: dict[str, np.ndarray]
     query: QueryTower
     candidate: CandidateTower
-    trained_items: np.ndarray  # bool [items]: the item has training interactions (else it is embedded from its features)
 
     def item_vectors(self) -> np.ndarray:
-        """The candidate tower over the catalog: float32 [items, dim]; items without training
-        interactions by their features (the tower's path for an unknown id)."""
+        """The candidate tower over the catalog (by id): float32 [items, dim]."""
         count = self.candidate.item_embedding.input_dim - 1  # row 0 is the unknown item
         parts = []
         for start in range(0, count, EMBED_BATCH):
             rows = np.arange(start, min(start + EMBED_BATCH, count))
             inputs = {name: column[rows] for name, column in self.item_columns.items()}
-            ids = np.where(self.trained_items[rows], rows + 1, 0).astype(np.int32)
-            parts.append(self.candidate({**inputs, ITEM: ids}).numpy())
+            parts.append(self.candidate({**inputs, ITEM: (rows + 1).astype(np.int32)}).numpy())
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def user_vectors(self, seen: Csr, rows: np.ndarray) -> np.ndarray:
@@ -329,7 +326,6 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
     user_columns, item_columns = feature_columns(ds.users, user_specs), feature_columns(ds.items, item_specs)
     fit_users, fit_items, fit_stamps = _interactions(ds, split.fit)
     fit_log: TrainingLog = training_log(fit_users, fit_items, fit_stamps, user_count, item_count, user_columns, item_columns)
-    trained_items = np.bincount(ds.interactions.items[split.train], minlength=item_count) > 0
 
     def build() -> tuple[Towers, TwoTowerModel]:
         query = QueryTower(user_specs, item_count, model_config)
@@ -341,8 +337,7 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
             catalog = {**item_columns, ITEM: np.arange(1, item_count + 1, dtype=np.int32)}
         model = TwoTowerModel(query, candidate, model_config, catalog)
         model.compile(optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay))
-        return Towers(model_config, user_specs, item_specs, user_columns, item_columns, query, candidate,
-                      trained_items), model
+        return Towers(model_config, user_specs, item_specs, user_columns, item_columns, query, candidate), model
 
     if strategy is None:
         towers, model = build()
