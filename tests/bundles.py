@@ -46,6 +46,7 @@ def write_item_bundle(
         staging.save_array("seen_indptr", np.arange(0, per_user * n_users + 1, per_user, dtype=np.int64))
         seen = np.concatenate([rng.choice(n_items, per_user, replace=False) for _ in range(n_users)])
         staging.save_array("seen_items", seen.astype(np.int32))
+        staging.save_array("user_embeddings", rng.normal(size=(n_users, dim)).astype(np.float32))
         (staging.path / bundle.USER_TOWER).mkdir()
         (staging.path / bundle.USER_TOWER / "saved_model.pb").write_bytes(b"placeholder: index-only bundle")
         fields = {"embedding_dim": dim, "item_count": n_items, "user_count": n_users, "genres": GENRES, "metrics": {}}

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recsys.v1 import common_pb2 as recsys_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drecsys/v1/index_service.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\x9c\x01\n\x05Query\x12\x0e\n\x06vector\x18\x01 \x03(\x02\x12\x18\n\x10\x65xclude_item_ids\x18\x02 \x03(\t\x12\x14\n\x0cmost_popular\x18\x03 \x01(\x08\x12,\n\x0cgenre_filter\x18\x04 \x01(\x0b\x32\x16.recsys.v1.GenreFilter\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\x14\n\x0c\x65xclude_seen\x18\x06 \x01(\x08\"c\n\rSearchRequest\x12!\n\x07queries\x18\x01 \x03(\x0b\x32\x10.recsys.v1.Query\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05\x65xact\x18\x04 \x01(\x08\"@\n\x0cSearchResult\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x0e\n\x06titles\x18\x03 \x03(\t\"z\n\x0eSearchResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.recsys.v1.SearchResult\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x13\n\x0bshard_index\x18\x03 \x01(\x05\x12\x12\n\nnum_shards\x18\x04 \x01(\x05\"C\n\x18GetItemEmbeddingsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"N\n\rItemEmbedding\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x0e\n\x06values\x18\x03 \x03(\x02\x12\r\n\x05title\x18\x04 \x01(\t\"[\n\x19GetItemEmbeddingsResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.recsys.v1.ItemEmbedding\x12\x15\n\rmodel_version\x18\x02 \x01(\t2\xdd\x02\n\x0cIndexService\x12=\n\x06Search\x12\x18.recsys.v1.SearchRequest\x1a\x19.recsys.v1.SearchResponse\x12^\n\x11GetItemEmbeddings\x12#.recsys.v1.GetItemEmbeddingsRequest\x1a$.recsys.v1.GetItemEmbeddingsResponse\x12]\n\x0eGetModelStatus\x12$.recsys.v1.BackendModelStatusRequest\x1a%.recsys.v1.BackendModelStatusResponse\x12O\n\x0cReloadModels\x12\x1e.recsys.v1.ReloadModelsRequest\x1a\x1f.recsys.v1.ReloadModelsResponseB\x14Z\x12recsys/v1;recsysv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drecsys/v1/index_service.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\xb8\x01\n\x05Query\x12\x0e\n\x06vector\x18\x01 \x03(\x02\x12\x18\n\x10\x65xclude_item_ids\x18\x02 \x03(\t\x12\x14\n\x0cmost_popular\x18\x03 \x01(\x08\x12,\n\x0cgenre_filter\x18\x04 \x01(\x0b\x32\x16.recsys.v1.GenreFilter\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\x14\n\x0c\x65xclude_seen\x18\x06 \x01(\x08\x12\x1a\n\x12lookup_user_vector\x18\x07 \x01(\x08\"c\n\rSearchRequest\x12!\n\x07queries\x18\x01 \x03(\x0b\x32\x10.recsys.v1.Query\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05\x65xact\x18\x04 \x01(\x08\"l\n\x0cSearchResult\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x0e\n\x06titles\x18\x03 \x03(\t\x12*\n\x0buser_lookup\x18\x04 \x01(\x0e\x32\x15.recsys.v1.UserLookup\"z\n\x0eSearchResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.recsys.v1.SearchResult\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x13\n\x0bshard_index\x18\x03 \x01(\x05\x12\x12\n\nnum_shards\x18\x04 \x01(\x05\"C\n\x18GetItemEmbeddingsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"N\n\rItemEmbedding\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x0e\n\x06values\x18\x03 \x03(\x02\x12\r\n\x05title\x18\x04 \x01(\t\"[\n\x19GetItemEmbeddingsResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.recsys.v1.ItemEmbedding\x12\x15\n\rmodel_version\x18\x02 \x01(\t*}\n\nUserLookup\x12\x1b\n\x17USER_LOOKUP_UNSPECIFIED\x10\x00\x12\x15\n\x11USER_LOOKUP_FOUND\x10\x01\x12\x1c\n\x18USER_LOOKUP_UNKNOWN_USER\x10\x02\x12\x1d\n\x19USER_LOOKUP_NOT_IN_BUNDLE\x10\x03\x32\xdd\x02\n\x0cIndexService\x12=\n\x06Search\x12\x18.recsys.v1.SearchRequest\x1a\x19.recsys.v1.SearchResponse\x12^\n\x11GetItemEmbeddings\x12#.recsys.v1.GetItemEmbeddingsRequest\x1a$.recsys.v1.GetItemEmbeddingsResponse\x12]\n\x0eGetModelStatus\x12$.recsys.v1.BackendModelStatusRequest\x1a%.recsys.v1.BackendModelStatusResponse\x12O\n\x0cReloadModels\x12\x1e.recsys.v1.ReloadModelsRequest\x1a\x1f.recsys.v1.ReloadModelsResponseB\x14Z\x12recsys/v1;recsysv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,20 +33,22 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.v1.index_service_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\022recsys/v1;recsysv1'
+  _globals['_USERLOOKUP']._serialized_start=832
+  _globals['_USERLOOKUP']._serialized_end=957
   _globals['_QUERY']._serialized_start=69
-  _globals['_QUERY']._serialized_end=225
-  _globals['_SEARCHREQUEST']._serialized_start=227
-  _globals['_SEARCHREQUEST']._serialized_end=326
-  _globals['_SEARCHRESULT']._serialized_start=328
-  _globals['_SEARCHRESULT']._serialized_end=392
-  _globals['_SEARCHRESPONSE']._serialized_start=394
-  _globals['_SEARCHRESPONSE']._serialized_end=516
-  _globals['_GETITEMEMBEDDINGSREQUEST']._serialized_start=518
-  _globals['_GETITEMEMBEDDINGSREQUEST']._serialized_end=585
-  _globals['_ITEMEMBEDDING']._serialized_start=587
-  _globals['_ITEMEMBEDDING']._serialized_end=665
-  _globals['_GETITEMEMBEDDINGSRESPONSE']._serialized_start=667
-  _globals['_GETITEMEMBEDDINGSRESPONSE']._serialized_end=758
-  _globals['_INDEXSERVICE']._serialized_start=761
-  _globals['_INDEXSERVICE']._serialized_end=1110
+  _globals['_QUERY']._serialized_end=253
+  _globals['_SEARCHREQUEST']._serialized_start=255
+  _globals['_SEARCHREQUEST']._serialized_end=354
+  _globals['_SEARCHRESULT']._serialized_start=356
+  _globals['_SEARCHRESULT']._serialized_end=464
+  _globals['_SEARCHRESPONSE']._serialized_start=466
+  _globals['_SEARCHRESPONSE']._serialized_end=588
+  _globals['_GETITEMEMBEDDINGSREQUEST']._serialized_start=590
+  _globals['_GETITEMEMBEDDINGSREQUEST']._serialized_end=657
+  _globals['_ITEMEMBEDDING']._serialized_start=659
+  _globals['_ITEMEMBEDDING']._serialized_end=737
+  _globals['_GETITEMEMBEDDINGSRESPONSE']._serialized_start=739
+  _globals['_GETITEMEMBEDDINGSRESPONSE']._serialized_end=830
+  _globals['_INDEXSERVICE']._serialized_start=960
+  _globals['_INDEXSERVICE']._serialized_end=1309
 # @@protoc_insertion_point(module_scope)
