@@ -267,7 +267,7 @@ class Recommender:
     ) -> list[RecResult | _NeedsVector]:
         """One Search call per shard for each chunk of the batch (see ``search_chunks``), all at once."""
         chunks = search_chunks([r.k for r in batch], self.search_results_per_call)
-        answers = await asyncio.gather(*(self._search_chunk(batch, users, chunk, version, timeout) for chunk in chunks))
+        answers = await _all(self._search_chunk(batch, users, chunk, version, timeout) for chunk in chunks)
         out: list[RecResult | _NeedsVector] = [None] * len(batch)  # type: ignore[list-item]
         for chunk, per_shard in zip(chunks, answers):
             answered = per_shard[0].model_version
@@ -317,9 +317,8 @@ class Recommender:
         request = index_service_pb2.SearchRequest(
             queries=queries, k=max(batch[i].k for i in chunk), model_version=version
         )
-        return await asyncio.gather(
-            *(_call(tier, shard.Search, request, timeout) for tier, shard in zip(self.index_tiers, self.index_shards))
-        )
+        return await _all(_call(tier, shard.Search, request, timeout)
+                          for tier, shard in zip(self.index_tiers, self.index_shards))
 
     async def genre_names(self, timeout: float) -> tuple[str, ...]:
         """The genre names of the index's newest version, for checking filters before batching.
@@ -463,6 +462,15 @@ def _merge_top_k(results: Sequence[index_service_pb2.SearchResult], k: int) -> l
     # Equal scores are ordered by item id, as each index orders its own ties.
     merged = heapq.merge(*streams, key=lambda row: (-row[0], row[1]))
     return [(item_id, title, score) for score, item_id, title in itertools.islice(merged, k)]
+
+
+async def _all(coroutines) -> list:
+    """``asyncio.gather`` of the coroutines, but a lone one is awaited in place: a request alone
+    (one chunk, one shard) then pays for no task creation and no extra event-loop turns."""
+    coroutines = list(coroutines)
+    if len(coroutines) == 1:
+        return [await coroutines[0]]
+    return await asyncio.gather(*coroutines)
 
 
 async def _call(tier: Tier, method, request, timeout: float):

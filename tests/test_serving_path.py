@@ -354,12 +354,11 @@ def test_an_unknown_user_costs_no_tensorflow_call_and_a_bad_genre_no_hop(small_m
     def embed_calls() -> float:
         return metric(r'^recsys_grpc_requests_total\{code="\w+",method="/recsys.v1.QueryService/EmbedUsers"\} (\S+)$')
 
-    before = tf_calls()
+    before, embedded = tf_calls(), embed_calls()
     response = stub.Recommend(gateway_pb2.RecommendRequest(user_id="never-seen-user", k=5, exclude_seen=True),
                               timeout=10)
     assert response.fallback and len(response.items) == 5
-    assert tf_calls() == before and embed_calls() > 0
-    embedded = embed_calls()
+    assert tf_calls() == before and embed_calls() == embedded  # the index answers it alone: no query-tier call
     with pytest.raises(grpc.RpcError) as err:
         stub.Recommend(gateway_pb2.RecommendRequest(
             user_id="1", genre_filter=common_pb2.GenreFilter(exclude_genres=["Space Opera"])), timeout=10)
@@ -398,3 +397,37 @@ def test_filtered_search_through_scann_pays_only_for_what_it_looks_at(tmp_path):
                                     [masks], exact=False)[0]
     expected = [items.ids[r] for r in index.popular_rows if subset.mask[r]][:5]
     assert list(popular.item_ids) == expected
+
+
+@pytest.mark.slow
+def test_a_known_user_is_answered_without_the_query_tier(trained_model_base, tmp_path):
+    """Issue 19: an id-only Recommend is gateway -> index; only a user described by features needs the query tier."""
+    model_base = tmp_path / "models"
+    shutil.copytree(trained_model_base, model_base)
+    [path] = bundle.version_dirs(model_base).values()
+    manifest = bundle.read_manifest(path)
+    items, users = bundle.load_items(path, manifest), bundle.load_users(path, manifest)
+    assert users.vectors is not None  # the trainer ships them; the query service checked them against its tower
+    query, index, gateway = stack(model_base, poll="0")
+    with running(query, index, gateway):
+        with grpc.insecure_channel(gateway.address) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            requests = [gateway_pb2.RecommendRequest(user_id=u, k=10, exclude_seen=seen)
+                        for u in users.ids[:3].tolist() for seen in (False, True)]
+            before = [stub.Recommend(r, timeout=10) for r in requests]
+            for request, answer in zip(requests, before):
+                vector = users.vectors[users.row_of[request.user_id]]
+                seen = users.seen_item_ids(request.user_id) if request.exclude_seen else ()
+                assert [i.item_id for i in answer.items] == _exact(items, vector, 10, seen)
+                assert answer.model_version == str(manifest.version) and not answer.fallback
+            query.stop()
+            after = [stub.Recommend(r, timeout=10) for r in requests]
+            assert [[i.item_id for i in a.items] for a in after] == [[i.item_id for i in b.items] for b in before]
+            stranger = stub.Recommend(gateway_pb2.RecommendRequest(user_id="never-seen", k=5), timeout=10)
+            assert stranger.fallback and len(stranger.items) == 5
+            # A new user described by features is embedded by the query tier: that one fails, naming it.
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Recommend(gateway_pb2.RecommendRequest(user_id="new-user", k=5,
+                                                            user_features=common_pb2.UserFeatures(age=30)), timeout=3)
+            assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            assert "query service" in err.value.details()
