@@ -409,7 +409,8 @@ def load_users(bundle_dir: Path, manifest: Manifest) -> UserTable:
         vectors = load_array(bundle_dir, manifest, USER_VECTORS)
         if vectors.shape != (len(ids), manifest.embedding_dim) or vectors.dtype != np.float32:
             raise BundleError(f"{bundle_dir}/{USER_VECTORS}.npy: {vectors.dtype} {vectors.shape}, expected float32 "
-                              f"({len(ids)}, {manifest.embedding_dim}): one vector per user id")
+                              f"({len(ids)}, {manifest.embedding_dim}): one vector of dimension "
+                              f"{manifest.embedding_dim} per user id")
         if not np.isfinite(vectors).all():
             raise BundleError(f"{bundle_dir}/{USER_VECTORS}.npy: holds NaN or Inf")
     return UserTable(ids=ids, seen_indptr=indptr.astype(np.int64), seen_items=seen, item_ids=arrays["item_ids"],
