@@ -62,7 +62,7 @@ RUN pip install --no-cache-dir --no-deps . && rm -rf build ./*.egg-info
 USER 10001:10001
 EXPOSE 50052
 HEALTHCHECK --interval=5s --timeout=3s --start-period=120s --retries=3 \
-    CMD python -m serving.healthcheck --address "127.0.0.1:${QUERY_PORT:-50052}" --service recsys.v1.QueryService
+    CMD python -m serving.healthcheck --address "127.0.0.1:${QUERY_PORT:-50052}" --service recsys.internal.v1.QueryService
 CMD ["python", "-m", "query_service"]
 
 FROM deps AS index
@@ -75,7 +75,7 @@ RUN pip install --no-cache-dir --no-deps . && rm -rf build ./*.egg-info
 USER 10001:10001
 EXPOSE 50053
 HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 \
-    CMD python -m serving.healthcheck --address "127.0.0.1:${INDEX_PORT:-50053}" --service recsys.v1.IndexService
+    CMD python -m serving.healthcheck --address "127.0.0.1:${INDEX_PORT:-50053}" --service recsys.internal.v1.IndexService
 CMD ["python", "-m", "index_service"]
 
 # Last, so a plain `docker build .` builds the smallest image.

@@ -36,7 +36,7 @@ tools:
 test-fast: venv tools
 	$(PY) -m pytest -m "not slow"
 
-# Regenerate the Python stubs and the protoset from protos/recsys/v1/*.proto.
+# Regenerate the Python stubs and the protoset from protos/recsys/**/*.proto.
 protos: venv
 	$(PY) protos/generate.py
 

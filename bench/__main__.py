@@ -21,12 +21,13 @@ import numpy as np
 
 from bench import index_bench, load, report
 from bench.procs import REPO, Service, free_port, running, stack
-from recsys.v1 import gateway_pb2, index_service_pb2, query_service_pb2, query_service_pb2_grpc
+from recsys.internal.v1 import index_service_pb2, query_service_pb2, query_service_pb2_grpc
+from recsys.v1 import gateway_pb2
 from serving import bundle
 
 RECOMMEND = "/recsys.v1.Gateway/Recommend"
-EMBED_USERS = "/recsys.v1.QueryService/EmbedUsers"
-SEARCH = "/recsys.v1.IndexService/Search"
+EMBED_USERS = "/recsys.internal.v1.QueryService/EmbedUsers"
+SEARCH = "/recsys.internal.v1.IndexService/Search"
 ECHO = "echo (floor)"
 STACK = "stack (gateway)"  # over the trained MovieLens bundle
 

@@ -282,7 +282,7 @@ def index_serves(model_base: Path, timeout: float = 900) -> dict:
     import grpc
 
     from bench.procs import Service
-    from recsys.v1 import index_service_pb2, index_service_pb2_grpc
+    from recsys.internal.v1 import index_service_pb2, index_service_pb2_grpc
     from serving.bundle import load_items, read_manifest
 
     bundle_dir = newest_bundle(model_base)

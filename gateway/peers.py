@@ -89,7 +89,7 @@ class Tier:
         self.name = name  # as in error messages: "query service", "index shard 1"
         self.target = target
         self.channel = channel
-        self.service = service  # the health service name its replicas report, e.g. "recsys.v1.QueryService"
+        self.service = service  # the health service name its replicas report, e.g. "recsys.internal.v1.QueryService"
         self.restart_wait_s = restart_wait_s
         self._ready = asyncio.Event()
         # Counted from start-up: a tier never seen ready gets the same grace as a restarting one.

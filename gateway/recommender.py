@@ -26,7 +26,10 @@ from collections.abc import Sequence
 import grpc
 
 from gateway.peers import Tier, TierNotReady
-from recsys.v1 import common_pb2, index_service_pb2, index_service_pb2_grpc, query_service_pb2, query_service_pb2_grpc
+from recsys.internal.v1 import (
+    admin_pb2, admin_pb2_grpc, index_service_pb2, index_service_pb2_grpc, query_service_pb2, query_service_pb2_grpc,
+)
+from recsys.v1 import common_pb2
 from serving import errors, request_id, tracing
 from serving.batching import MicroBatcher
 
@@ -110,6 +113,9 @@ class Recommender:
         self.index_tiers = list(index_shards)
         self.query = query_service_pb2_grpc.QueryServiceStub(query.channel)
         self.index_shards = [index_service_pb2_grpc.IndexServiceStub(t.channel) for t in self.index_tiers]
+        # Every backend server also serves recsys.internal.v1.ModelAdmin on the same channel.
+        self.query_admin = admin_pb2_grpc.ModelAdminStub(query.channel)
+        self.index_admins = [admin_pb2_grpc.ModelAdminStub(t.channel) for t in self.index_tiers]
         self.default_timeout_s = default_timeout_s
         self._pinned: tuple[str, float] | None = None
         self.search_results_per_call = max(1, max_message_bytes // SEARCH_RESULT_BYTES)
@@ -331,8 +337,8 @@ class Recommender:
             if time.monotonic() - fetched_at < GENRES_MAX_AGE_S:
                 return names
             try:
-                status = await _call(self.index_tiers[0], self.index_shards[0].GetModelStatus,
-                                     common_pb2.BackendModelStatusRequest(), timeout)
+                status = await _call(self.index_tiers[0], self.index_admins[0].GetModelStatus,
+                                     admin_pb2.GetModelStatusRequest(), timeout)
             except PeerError as exc:
                 log.warning("could not fetch the genre names from the index", extra={"failed": str(exc)})
                 # Ask again in a second, not on every request while the index is down.
@@ -345,9 +351,9 @@ class Recommender:
 
     async def _common_version(self, timeout: float, with_query: bool = True) -> str:
         """The newest version loaded on every index shard and (``with_query``) on the query tier."""
-        request = common_pb2.BackendModelStatusRequest()
-        peers = [(self.query_tier, self.query)] if with_query else []
-        peers += list(zip(self.index_tiers, self.index_shards))
+        request = admin_pb2.GetModelStatusRequest()
+        peers = [(self.query_tier, self.query_admin)] if with_query else []
+        peers += list(zip(self.index_tiers, self.index_admins))
         statuses = await asyncio.gather(*(_call(tier, stub.GetModelStatus, request, timeout) for tier, stub in peers))
         held = [_available(status) for status in statuses]
         common = set.intersection(*held)
@@ -395,8 +401,8 @@ class Recommender:
 
     async def peer_status(self, timeout: float) -> list[common_pb2.ServiceModelStatus]:
         """Each peer's own status, tagged with the target the gateway reaches it at."""
-        request = common_pb2.BackendModelStatusRequest()
-        peers = [(self.query_tier, self.query)] + list(zip(self.index_tiers, self.index_shards))
+        request = admin_pb2.GetModelStatusRequest()
+        peers = [(self.query_tier, self.query_admin)] + list(zip(self.index_tiers, self.index_admins))
 
         async def one(tier: Tier, stub):
             try:
@@ -427,7 +433,7 @@ class _Embedded:
         return self.response.model_version
 
 
-def _available(status: common_pb2.BackendModelStatusResponse) -> set[int]:
+def _available(status: admin_pb2.GetModelStatusResponse) -> set[int]:
     return {
         int(v.version)
         for s in status.services
@@ -518,7 +524,7 @@ def _where(peer: str) -> dict:
 
 
 def _method_name(method, request) -> str:
-    """``/recsys.v1.IndexService/Search`` for a stub's method (its path), else the request's type."""
+    """``/recsys.internal.v1.IndexService/Search`` for a stub's method (its path), else the request's type."""
     path = getattr(method, "_method", None)
     return path.decode() if isinstance(path, bytes) else type(request).__name__
 

@@ -64,8 +64,8 @@ async def serve(args: argparse.Namespace) -> None:
         return Tier(name, target, channel, service, args.peer_restart_wait)
 
     index_targets = [target.strip() for target in args.index_targets.split(";") if target.strip()]
-    query_tier = tier("query service", args.query_target, "recsys.v1.QueryService")
-    index_tiers = [tier(f"index shard {i}", t, "recsys.v1.IndexService") for i, t in enumerate(index_targets)]
+    query_tier = tier("query service", args.query_target, "recsys.internal.v1.QueryService")
+    index_tiers = [tier(f"index shard {i}", t, "recsys.internal.v1.IndexService") for i, t in enumerate(index_targets)]
     tiers = [query_tier, *index_tiers]
     recommender = Recommender(
         query_tier,

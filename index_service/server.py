@@ -28,9 +28,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> None:
     from index_service.index import make_loader
     from index_service.servicer import IndexServicer
-    from recsys.v1 import index_service_pb2_grpc
+    from recsys.internal.v1 import admin_pb2_grpc, index_service_pb2_grpc
     from serving import metrics
     from serving.lifecycle import ModelManager
+    from serving.admin import ADMIN_SERVICE
     from serving.server import GrpcServer
 
     def size_of(index) -> int:
@@ -45,8 +46,9 @@ async def serve(args: argparse.Namespace) -> None:
         manager, max_batch=args.max_batch, max_excluded=args.max_excluded, allow_reload=args.allow_reload,
         shard_index=args.shard_index, num_shards=args.num_shards,
     )
-    server = GrpcServer(args, [servicer.service_name])
+    server = GrpcServer(args, [servicer.service_name, ADMIN_SERVICE])
     index_service_pb2_grpc.add_IndexServiceServicer_to_server(servicer, server.registrar)
+    admin_pb2_grpc.add_ModelAdminServicer_to_server(servicer, server.registrar)
     await server.start()
     await server.run_with_models(manager, args.poll_interval)
 

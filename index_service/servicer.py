@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 
 from index_service.index import ItemIndex
-from recsys.v1 import index_service_pb2, index_service_pb2_grpc
+from recsys.internal.v1 import index_service_pb2, index_service_pb2_grpc
 from serving import errors, tracing
 from serving.admin import ModelAdminMixin
 from serving.lifecycle import ModelManager, VersionUnavailable, parse_version
@@ -24,7 +24,7 @@ class InvalidRequest(ValueError):
 
 
 class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer):
-    service_name = "recsys.v1.IndexService"
+    service_name = "recsys.internal.v1.IndexService"
 
     def __init__(
         self,

@@ -1,8 +1,8 @@
 """Regenerates the Python stubs and the protoset from the .proto files.
 
 Run from anywhere: ``python protos/generate.py``. Writes, next to each
-``recsys/v1/*.proto``, the ``*_pb2.py``, ``*_pb2.pyi`` and ``*_pb2_grpc.py``
-modules, and ``protos/recsys.protoset`` (a FileDescriptorSet with imports, for
+``recsys/**/*.proto`` (the public ``recsys/v1``, the internal ``recsys/internal/v1``),
+the ``*_pb2.py``, ``*_pb2.pyi`` and ``*_pb2_grpc.py`` modules, and ``protos/recsys.protoset`` (a FileDescriptorSet with imports, for
 ghz and grpcurl). ``--out DIR`` writes the same tree under DIR instead; the
 stale-codegen test uses it to compare a fresh generation with the checked-in one.
 """
@@ -41,8 +41,11 @@ def generate(out_dir: Path) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit(f"protoc failed on {files}")
-    for package_dir in {(out_dir / f).parent for f in files} | {out_dir / "recsys"}:
-        (package_dir / "__init__.py").touch()
+    # Every folder from recsys/ down to each .proto's is a package (recsys/internal/v1 too).
+    for f in files:
+        for package_dir in (out_dir / f).relative_to(out_dir).parents:
+            if package_dir != Path("."):
+                (out_dir / package_dir / "__init__.py").touch()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,8 +26,9 @@ async def serve(args: argparse.Namespace) -> None:
     # TensorFlow is imported here, not at module import, so --help stays fast.
     from query_service.model import configure_tensorflow, load_user_tower
     from query_service.servicer import QueryServicer
-    from recsys.v1 import query_service_pb2_grpc
+    from recsys.internal.v1 import admin_pb2_grpc, query_service_pb2_grpc
     from serving.lifecycle import ModelManager
+    from serving.admin import ADMIN_SERVICE
     from serving.server import GrpcServer
 
     configure_tensorflow(args.tf_threads)
@@ -38,8 +39,9 @@ async def serve(args: argparse.Namespace) -> None:
                            size_of=lambda tower: len(tower.users.ids))
     servicer = QueryServicer(manager, max_batch=args.max_batch, batch_wait_us=args.batch_wait_us,
                              allow_reload=args.allow_reload)
-    server = GrpcServer(args, [servicer.service_name])
+    server = GrpcServer(args, [servicer.service_name, ADMIN_SERVICE])
     query_service_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server.registrar)
+    admin_pb2_grpc.add_ModelAdminServicer_to_server(servicer, server.registrar)
     await server.start()
     await server.run_with_models(manager, args.poll_interval)
     await servicer.batcher.stop()

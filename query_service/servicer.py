@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 
 from query_service.model import UserTower
-from recsys.v1 import query_service_pb2, query_service_pb2_grpc
+from recsys.internal.v1 import query_service_pb2, query_service_pb2_grpc
 from serving import errors
 from serving.admin import ModelAdminMixin
 from serving.batching import MicroBatcher
@@ -22,7 +22,7 @@ MAX_USER_ID_BYTES = 256
 
 
 class QueryServicer(ModelAdminMixin, query_service_pb2_grpc.QueryServiceServicer):
-    service_name = "recsys.v1.QueryService"
+    service_name = "recsys.internal.v1.QueryService"
 
     def __init__(self, manager: ModelManager[UserTower], *, max_batch: int, batch_wait_us: int, allow_reload: bool):
         self.manager = manager

@@ -1,11 +1,14 @@
-"""The admin RPCs that the query and index services share: model status and reload."""
+"""recsys.internal.v1.ModelAdmin, which the query and index servers both serve: model status and reload."""
 
 from __future__ import annotations
 
 import grpc
 
+from recsys.internal.v1 import admin_pb2, admin_pb2_grpc
 from recsys.v1 import common_pb2
 from serving.lifecycle import ModelManager, State
+
+ADMIN_SERVICE = "recsys.internal.v1.ModelAdmin"
 
 _STATE = {
     State.LOADING: common_pb2.MODEL_VERSION_STATE_LOADING,
@@ -35,8 +38,9 @@ def service_status(manager: ModelManager, service: str, shard_index: int = 0, nu
     )
 
 
-class ModelAdminMixin:
-    """GetModelStatus and ReloadModels for a servicer holding ``self.manager``.
+class ModelAdminMixin(admin_pb2_grpc.ModelAdminServicer):
+    """GetModelStatus and ReloadModels for a servicer holding ``self.manager``; the
+    server registers the servicer as ModelAdmin too (``add_ModelAdminServicer_to_server``).
 
     The servicer sets ``service_name``, ``manager`` and ``allow_reload`` (the
     reload RPC can be switched off by flag, so only operators can trigger it).
@@ -52,7 +56,7 @@ class ModelAdminMixin:
         return service_status(self.manager, self.service_name, self.shard_index, self.num_shards)
 
     async def GetModelStatus(self, request, context):
-        return common_pb2.BackendModelStatusResponse(services=[self._status()])
+        return admin_pb2.GetModelStatusResponse(services=[self._status()])
 
     async def ReloadModels(self, request, context):
         if not self.allow_reload:
@@ -61,4 +65,4 @@ class ModelAdminMixin:
                 "ReloadModels is disabled on this server; start it with --allow-reload to enable it",
             )
         await self.manager.refresh_async()
-        return common_pb2.ReloadModelsResponse(status=self._status())
+        return admin_pb2.ReloadModelsResponse(status=self._status())

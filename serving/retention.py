@@ -29,6 +29,7 @@ from pathlib import Path
 
 import grpc
 
+from recsys.internal.v1 import admin_pb2, admin_pb2_grpc
 from recsys.v1 import common_pb2
 from serving import bundle
 
@@ -83,9 +84,9 @@ def replica_addresses(target: str) -> list[str]:
 def ask_loaded_versions(
     targets: Mapping[str, Iterable[str]], timeout_s: float = 5.0
 ) -> dict[int, list[str]]:
-    """Version -> replicas holding it, from GetModelStatus of every replica of every target.
+    """Version -> replicas holding it, from ModelAdmin.GetModelStatus of every replica of every target.
 
-    ``targets`` maps a service (``"recsys.v1.QueryService"``, ``"recsys.v1.IndexService"``)
+    ``targets`` maps a service (``"recsys.internal.v1.QueryService"``, ``"recsys.internal.v1.IndexService"``)
     to its gRPC targets. Raises RetentionError if any replica does not answer.
     """
     loaded: dict[int, list[str]] = {}
@@ -93,13 +94,9 @@ def ask_loaded_versions(
         for target in service_targets:
             for address in replica_addresses(target):
                 with grpc.insecure_channel(address) as channel:
-                    method = channel.unary_unary(
-                        f"/{service}/GetModelStatus",
-                        request_serializer=common_pb2.BackendModelStatusRequest.SerializeToString,
-                        response_deserializer=common_pb2.BackendModelStatusResponse.FromString,
-                    )
                     try:
-                        response = method(common_pb2.BackendModelStatusRequest(), timeout=timeout_s)
+                        response = admin_pb2_grpc.ModelAdminStub(channel).GetModelStatus(
+                            admin_pb2.GetModelStatusRequest(), timeout=timeout_s)
                     except grpc.RpcError as exc:
                         raise RetentionError(
                             f"{service} at {address} (from {target}) did not report its model versions "

@@ -248,7 +248,7 @@ def span(name: str, **attributes: Any):
 
 
 def default_service_name(service_names: Sequence[str]) -> str:
-    """``["recsys.v1.IndexService"]`` -> ``"recsys-index-service"``-style names for OTEL_SERVICE_NAME's default."""
+    """``["recsys.internal.v1.IndexService"]`` -> ``"recsys-index-service"``-style names for OTEL_SERVICE_NAME's default."""
     if not service_names:
         return os.path.basename(sys.argv[0]) or "recsys"
     last = service_names[0].rsplit(".", 1)[-1]

@@ -1,7 +1,7 @@
 """A stand-in for the query and index tiers that is slow or failing on purpose.
 
 ``python -m fake_peer --port P [--delay S] [--fail-code NAME]`` serves
-QueryService and IndexService (health SERVING at once). Every Search and
+QueryService, IndexService and ModelAdmin (health SERVING at once). Every Search and
 EmbedUsers call sleeps ``--delay`` seconds, then fails with ``--fail-code`` if
 given. GetModelStatus reports version 1, with ``size`` = calls received so far,
 so tests can count retries.
@@ -14,14 +14,16 @@ import asyncio
 
 import grpc
 
-from recsys.v1 import (
-    common_pb2, index_service_pb2, index_service_pb2_grpc, query_service_pb2, query_service_pb2_grpc,
+from recsys.internal.v1 import (
+    admin_pb2, admin_pb2_grpc, index_service_pb2, index_service_pb2_grpc, query_service_pb2, query_service_pb2_grpc,
 )
+from recsys.v1 import common_pb2
 from serving.config import FlagParser, add_server_flags, setup_logging
 from serving.server import GrpcServer
 
 
-class Fake(query_service_pb2_grpc.QueryServiceServicer, index_service_pb2_grpc.IndexServiceServicer):
+class Fake(query_service_pb2_grpc.QueryServiceServicer, index_service_pb2_grpc.IndexServiceServicer,
+           admin_pb2_grpc.ModelAdminServicer):
     def __init__(self, delay: float, fail_code: str):
         self.delay = delay
         self.fail_code = grpc.StatusCode[fail_code] if fail_code else None
@@ -56,14 +58,16 @@ class Fake(query_service_pb2_grpc.QueryServiceServicer, index_service_pb2_grpc.I
         version = common_pb2.ModelVersionStatus(
             version="1", state=common_pb2.MODEL_VERSION_STATE_AVAILABLE, size=self.calls, is_default=True
         )
-        return common_pb2.BackendModelStatusResponse(services=[common_pb2.ServiceModelStatus(versions=[version])])
+        return admin_pb2.GetModelStatusResponse(services=[common_pb2.ServiceModelStatus(versions=[version])])
 
 
 async def serve(args: argparse.Namespace) -> None:
     fake = Fake(args.delay, args.fail_code)
-    server = GrpcServer(args, ["recsys.v1.QueryService", "recsys.v1.IndexService"])
+    server = GrpcServer(args, ["recsys.internal.v1.QueryService", "recsys.internal.v1.IndexService",
+                               "recsys.internal.v1.ModelAdmin"])
     query_service_pb2_grpc.add_QueryServiceServicer_to_server(fake, server.registrar)
     index_service_pb2_grpc.add_IndexServiceServicer_to_server(fake, server.registrar)
+    admin_pb2_grpc.add_ModelAdminServicer_to_server(fake, server.registrar)
     await server.start()
     await server.set_serving(True)
     await server.run_until_stopped()

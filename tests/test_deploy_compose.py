@@ -30,8 +30,8 @@ COMPOSE_FILES = [COMPOSE_FILE, SHARDS_FILE]
 # Dockerfile target (= role) -> gRPC port, health service name, Python module.
 ROLES = {
     "gateway": (50051, "recsys.v1.Gateway", "gateway"),
-    "query": (50052, "recsys.v1.QueryService", "query_service"),
-    "index": (50053, "recsys.v1.IndexService", "index_service"),
+    "query": (50052, "recsys.internal.v1.QueryService", "query_service"),
+    "index": (50053, "recsys.internal.v1.IndexService", "index_service"),
 }
 ENV_PREFIX = {"gateway": "GATEWAY_", "query": "QUERY_", "index": "INDEX_"}
 TENSORFLOW_REQUIREMENTS = re.compile(r"^(tensorflow|tf-keras|tf_keras|tf-nightly)\b|\[.*\btf\b.*\]", re.I)

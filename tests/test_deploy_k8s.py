@@ -33,8 +33,8 @@ KUBERNETES_VERSION = "1.30.0"
 # app.kubernetes.io/component -> gRPC port, health service name, Python module.
 COMPONENTS = {
     "gateway": (50051, "recsys.v1.Gateway", "gateway"),
-    "query": (50052, "recsys.v1.QueryService", "query_service"),
-    "index": (50053, "recsys.v1.IndexService", "index_service"),
+    "query": (50052, "recsys.internal.v1.QueryService", "query_service"),
+    "index": (50053, "recsys.internal.v1.IndexService", "index_service"),
 }
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
@@ -260,6 +260,8 @@ def test_every_env_var_is_a_flag_of_its_service():
     for name, deployment in of_kind("Deployment").items():
         module = COMPONENTS[component(deployment)][2]
         for variable in effective_env(main_container(deployment)):
+            if variable.startswith("OTEL_"):
+                continue  # read by the OpenTelemetry SDK (serving/tracing.py), not a flag
             assert f"[env {variable}]" in help_text(module), f"{name}: {variable} is not a flag of python -m {module}"
 
 
@@ -546,3 +548,17 @@ def test_multiworker_pods_are_locked_down_like_the_others():
     assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"])
     assert {"cpu", "memory"} <= set(container["resources"]["requests"]) and container["resources"]["limits"]["memory"]
     assert container["image"].rsplit(":", 1)[0] in {i["name"] for i in kustomization()["images"]}
+
+
+def test_every_serving_pod_reads_the_tracing_settings_and_traces_nothing_by_default():
+    from serving import tracing
+
+    deployments = {name: d for name, d in of_kind("Deployment").items() if component(d) in COMPONENTS}
+    assert {component(d) for d in deployments.values()} == set(COMPONENTS)
+    for name, deployment in deployments.items():
+        settings = effective_env(main_container(deployment))
+        assert settings.get("OTEL_TRACES_SAMPLER") == "parentbased_traceidratio", name
+        assert 0 < float(settings["OTEL_TRACES_SAMPLER_ARG"]) <= 1, name
+        assert settings["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://"), name
+        assert not tracing.wanted(settings), f"{name}: tracing must be off until an operator turns it on"
+        assert tracing.wanted({**settings, "OTEL_TRACES_EXPORTER": "otlp"}), name

@@ -30,7 +30,7 @@ def test_recommend_returns_k_sorted_catalog_items(live_stack):
 
 def test_scores_are_the_dot_products_of_the_two_towers(live_stack):
     """The top-10 equals exact scoring of the user's vector against the exported item table."""
-    from recsys.v1 import query_service_pb2, query_service_pb2_grpc
+    from recsys.internal.v1 import query_service_pb2, query_service_pb2_grpc
 
     user = live_stack.users.ids[1]
     with grpc.insecure_channel(live_stack.query.address) as channel:

@@ -120,12 +120,12 @@ def test_expired_deadline_fails_fast(live_stack):
 def test_model_status_aggregates_peers(live_stack):
     response = live_stack.stub.GetModelStatus(pb.GetModelStatusRequest(), timeout=10)
     by_service = {s.service: s for s in response.services}
-    assert set(by_service) == {"recsys.v1.Gateway", "recsys.v1.QueryService", "recsys.v1.IndexService"}
+    assert set(by_service) == {"recsys.v1.Gateway", "recsys.internal.v1.QueryService", "recsys.internal.v1.IndexService"}
     version = str(live_stack.manifest.version)
-    for name in ("recsys.v1.QueryService", "recsys.v1.IndexService"):
+    for name in ("recsys.internal.v1.QueryService", "recsys.internal.v1.IndexService"):
         [v] = by_service[name].versions
         assert v.version == version and v.is_default and v.state == common_pb2.MODEL_VERSION_STATE_AVAILABLE
-    assert by_service["recsys.v1.IndexService"].versions[0].size == len(live_stack.items)
+    assert by_service["recsys.internal.v1.IndexService"].versions[0].size == len(live_stack.items)
     # Internal addresses are an operator's detail, not for any client.
     assert all(s.address == "" for s in response.services)
 
@@ -138,6 +138,6 @@ def test_peer_addresses_only_behind_the_admin_flag(live_stack):
     with running(gateway), grpc.insecure_channel(gateway.address) as channel:
         response = gateway_pb2_grpc.GatewayStub(channel).GetModelStatus(pb.GetModelStatusRequest(), timeout=10)
     by_service = {s.service: s for s in response.services}
-    assert by_service["recsys.v1.IndexService"].address == live_stack.index.address
-    assert by_service["recsys.v1.QueryService"].address == live_stack.query.address
+    assert by_service["recsys.internal.v1.IndexService"].address == live_stack.index.address
+    assert by_service["recsys.internal.v1.QueryService"].address == live_stack.query.address
     assert by_service["recsys.v1.Gateway"].address == ""

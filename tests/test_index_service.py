@@ -10,7 +10,8 @@ import pytest
 
 from bundles import write_item_bundle
 from procs import REPO, Service, health_status, running, service_env
-from recsys.v1 import common_pb2, index_service_pb2 as pb, index_service_pb2_grpc
+from recsys.internal.v1 import admin_pb2, admin_pb2_grpc, index_service_pb2 as pb, index_service_pb2_grpc
+from recsys.v1 import common_pb2
 from serving import bundle
 
 pytestmark = pytest.mark.slow
@@ -144,12 +145,12 @@ def test_not_serving_until_a_model_appears_then_reload(tmp_path):
         write_item_bundle(tmp_path, n_items=30)
         svc.wait_serving(30)
         with grpc.insecure_channel(svc.address) as channel:
-            stub = index_service_pb2_grpc.IndexServiceStub(channel)
+            stub = admin_pb2_grpc.ModelAdminStub(channel)
             write_item_bundle(tmp_path, n_items=31)
-            status = stub.ReloadModels(common_pb2.ReloadModelsRequest(), timeout=10).status
+            status = stub.ReloadModels(admin_pb2.ReloadModelsRequest(), timeout=10).status
             assert [v.version for v in status.versions if v.state == common_pb2.MODEL_VERSION_STATE_AVAILABLE] == ["2", "1"]
             assert [v.version for v in status.versions if v.is_default] == ["2"]
-            assert status.service == "recsys.v1.IndexService" and status.num_shards == 1
+            assert status.service == "recsys.internal.v1.IndexService" and status.num_shards == 1
     finally:
         assert svc.stop() == 0
 

@@ -12,7 +12,8 @@ import grpc
 import numpy as np
 import pytest
 
-from recsys.v1 import common_pb2, gateway_pb2 as pb, query_service_pb2, query_service_pb2_grpc
+from recsys.internal.v1 import query_service_pb2, query_service_pb2_grpc
+from recsys.v1 import common_pb2, gateway_pb2 as pb
 from serving import bundle
 from trainer.data import read_users
 

@@ -86,7 +86,7 @@ def test_cli_similar_status_health(live_stack):
     similar = cli(live_stack, "similar", live_stack.items.ids[0], "-k", "3")
     assert similar.returncode == 0 and len(similar.stdout.splitlines()) == 6
     status = cli(live_stack, "status")
-    assert status.returncode == 0 and "recsys.v1.IndexService" in status.stdout and "AVAILABLE" in status.stdout
+    assert status.returncode == 0 and "recsys.internal.v1.IndexService" in status.stdout and "AVAILABLE" in status.stdout
     health = cli(live_stack, "health")
     assert health.returncode == 0 and health.stdout.count("SERVING") == 2
 

@@ -4,14 +4,14 @@ Rules (after Google's API design guide and buf's DEFAULT lint set):
 - every service, rpc, message, field, enum and enum value has a leading comment;
 - every enum's zero value is ``<ENUM_NAME>_UNSPECIFIED`` (in UPPER_SNAKE_CASE);
 - fields are lower_snake_case;
-- each rpc of the public ``recsys.v1.Gateway`` takes ``<Rpc>Request`` and returns
-  ``<Rpc>Response``, and no two rpcs of the Gateway share a request or response message;
+- each rpc takes ``<Rpc>Request`` and returns ``<Rpc>Response`` of its own package,
+  and no two rpcs (of any service) share a request or response message;
 - the comments name no server flag (``--max-batch``) and no server default: the
   contract is what any deployment answers, not how one is configured.
 
-The internal QueryService and IndexService share their admin messages
-(BackendModelStatusRequest, ReloadModelsRequest); the naming rules are applied to
-the public Gateway only.
+The public package ``recsys.v1`` holds only what clients may call (the Gateway);
+the internal QueryService, IndexService and ModelAdmin (the model-status and
+reload RPCs both backend servers serve) live in ``recsys.internal.v1``.
 """
 
 from __future__ import annotations
@@ -122,16 +122,25 @@ def _gateway(files) -> descriptor_pb2.ServiceDescriptorProto:
     return service
 
 
-def test_gateway_rpcs_have_their_own_request_and_response(files):
-    service = _gateway(files)
-    assert len(service.method) >= 4
+def test_every_rpc_has_its_own_request_and_response(files):
+    assert len(_gateway(files).method) >= 4
     seen: dict[str, str] = {}
-    for method in service.method:
-        assert method.input_type == f".recsys.v1.{method.name}Request", method.name
-        assert method.output_type == f".recsys.v1.{method.name}Response", method.name
-        for message in (method.input_type, method.output_type):
-            assert message not in seen, f"{message} is used by both {seen[message]} and {method.name}"
-            seen[message] = method.name
+    for file in files:
+        for service in file.service:
+            for method in service.method:
+                rpc = f"{file.package}.{service.name}.{method.name}"
+                assert method.input_type == f".{file.package}.{method.name}Request", rpc
+                assert method.output_type == f".{file.package}.{method.name}Response", rpc
+                for message in (method.input_type, method.output_type):
+                    assert message not in seen, f"{message} is used by both {seen[message]} and {rpc}"
+                    seen[message] = rpc
+
+
+def test_the_public_package_holds_only_the_gateway(files):
+    public = {f"{f.package}.{s.name}" for f in files for s in f.service if f.package == "recsys.v1"}
+    assert public == {PUBLIC_SERVICE}
+    internal = {f"{f.package}.{s.name}" for f in files for s in f.service if f.package != "recsys.v1"}
+    assert internal == {"recsys.internal.v1.QueryService", "recsys.internal.v1.IndexService", "recsys.internal.v1.ModelAdmin"}
 
 
 def test_gateway_messages_are_not_used_by_internal_rpcs(files):

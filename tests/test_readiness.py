@@ -50,7 +50,7 @@ def test_gateway_is_not_serving_until_both_tiers_are_then_the_first_call_succeed
             response = gateway_pb2_grpc.GatewayStub(channel).Recommend(pb.RecommendRequest(user_id=user, k=5),
                                                                         timeout=5)
         assert len(response.items) == 5 and not response.fallback
-        assert health_status(query.address, "recsys.v1.QueryService") == "SERVING"
+        assert health_status(query.address, "recsys.internal.v1.QueryService") == "SERVING"
         print("first call after SERVING:", json.dumps({"ms_after_serving": round((time.monotonic() - serving_at) * 1e3, 1)}))
     finally:
         for service in (gateway, query, index):

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from load import LoadInBackground, make_recommend
 from procs import Service, running
-from recsys.v1 import (
-    common_pb2, gateway_pb2 as pb, gateway_pb2_grpc, index_service_pb2 as ipb, index_service_pb2_grpc,
-    query_service_pb2 as qpb, query_service_pb2_grpc,
+from recsys.internal.v1 import (
+    admin_pb2, admin_pb2_grpc, index_service_pb2 as ipb, index_service_pb2_grpc, query_service_pb2 as qpb, query_service_pb2_grpc,
 )
+from recsys.v1 import common_pb2, gateway_pb2 as pb, gateway_pb2_grpc
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +100,7 @@ def test_bad_input_directly_against_the_backends(live_stack):
         ]
         for call, expected in cases:
             assert code_of(call)[0] == expected
-        code, _ = raw_call(live_stack.index.address, "/recsys.v1.IndexService/Search", b"\xff\xff\xff")
+        code, _ = raw_call(live_stack.index.address, "/recsys.internal.v1.IndexService/Search", b"\xff\xff\xff")
         assert code == INVALID
 
 
@@ -186,8 +186,8 @@ def test_failing_peer_is_unavailable_without_a_retry_storm(fail_code, retried):
                 code, details = code_of(lambda: stub.Recommend(NEW_USER, timeout=5))
                 assert code == grpc.StatusCode.UNAVAILABLE and "query service" in details
         with grpc.insecure_channel(peer.address) as channel:
-            calls = query_service_pb2_grpc.QueryServiceStub(channel).GetModelStatus(
-                common_pb2.BackendModelStatusRequest(), timeout=5).services[0].versions[0].size
+            calls = admin_pb2_grpc.ModelAdminStub(channel).GetModelStatus(
+                admin_pb2.GetModelStatusRequest(), timeout=5).services[0].versions[0].size
     if retried:
         assert 50 < calls <= 150  # at most 3 attempts each, fewer once the retry budget is spent
     else:
@@ -222,6 +222,6 @@ def test_reload_can_be_disabled(live_stack):
     index = Service("index_service", ["--model-base", str(live_stack.model_base), "--no-allow-reload"])
     with running(index):
         with grpc.insecure_channel(index.address) as channel:
-            code, details = code_of(lambda: index_service_pb2_grpc.IndexServiceStub(channel).ReloadModels(
-                common_pb2.ReloadModelsRequest(), timeout=10))
+            code, details = code_of(lambda: admin_pb2_grpc.ModelAdminStub(channel).ReloadModels(
+                admin_pb2.ReloadModelsRequest(), timeout=10))
     assert code == grpc.StatusCode.PERMISSION_DENIED and "--allow-reload" in details

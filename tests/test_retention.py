@@ -8,7 +8,8 @@ import pytest
 
 from bundles import write_item_bundle
 from procs import REPO, Service, free_port, running, service_env
-from recsys.v1 import common_pb2, index_service_pb2_grpc
+from recsys.internal.v1 import admin_pb2, admin_pb2_grpc
+from recsys.v1 import common_pb2
 from serving import bundle, retention
 
 
@@ -49,11 +50,11 @@ def test_prune_never_removes_a_loaded_version_or_a_staging_folder(tmp_path):
             result = prune(model_base, "--keep", "1", "--index-targets", f"ipv4:{index.address}")
             assert in_progress.path.is_dir()
         with grpc.insecure_channel(index.address) as channel:
-            status = index_service_pb2_grpc.IndexServiceStub(channel).GetModelStatus(
-                common_pb2.BackendModelStatusRequest(), timeout=10)
+            status = admin_pb2_grpc.ModelAdminStub(channel).GetModelStatus(
+                admin_pb2.GetModelStatusRequest(), timeout=10)
     assert result.returncode == 0, result.stderr
     assert sorted(bundle.version_dirs(model_base)) == [1, 2, 5]
-    assert "removed [3, 4]" in result.stdout and "version 1 is loaded by recsys.v1.IndexService" in result.stdout
+    assert "removed [3, 4]" in result.stdout and "version 1 is loaded by recsys.internal.v1.IndexService" in result.stdout
     loaded = {v.version for v in status.services[0].versions if v.state == common_pb2.MODEL_VERSION_STATE_AVAILABLE}
     assert loaded == {"1", "2"}
     assert not list(model_base.glob(".pruning-*"))

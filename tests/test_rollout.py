@@ -53,7 +53,7 @@ def both_hold(stub, version):
     status = status_by_service(stub)
     return all(
         version in status[s] and status[s][version].state == AVAILABLE
-        for s in ("recsys.v1.QueryService", "recsys.v1.IndexService")
+        for s in ("recsys.internal.v1.QueryService", "recsys.internal.v1.IndexService")
     )
 
 
@@ -126,10 +126,10 @@ def nan_row(d, m):
 
 
 CORRUPTIONS = [
-    (truncate_npy, "recsys.v1.IndexService", "unreadable"),
-    (flip_a_byte, "recsys.v1.IndexService", "sha256"),
-    (wrong_dimension, "recsys.v1.QueryService", "dimension 16"),
-    (nan_row, "recsys.v1.IndexService", "NaN or Inf"),
+    (truncate_npy, "recsys.internal.v1.IndexService", "unreadable"),
+    (flip_a_byte, "recsys.internal.v1.IndexService", "sha256"),
+    (wrong_dimension, "recsys.internal.v1.QueryService", "dimension 16"),
+    (nan_row, "recsys.internal.v1.IndexService", "NaN or Inf"),
 ]
 
 
@@ -207,10 +207,10 @@ def test_restart_comes_back_on_newest_valid_version(model_base):
                 def defaults():
                     status = status_by_service(stub)
                     return {name: [v for v, s in status[name].items() if s.is_default]
-                            for name in ("recsys.v1.QueryService", "recsys.v1.IndexService")}
+                            for name in ("recsys.internal.v1.QueryService", "recsys.internal.v1.IndexService")}
 
                 # The gateway's channel reconnects within its backoff (at most 2 s).
                 wait_until(lambda: all(defaults().values()), timeout=10, what="gateway reconnected")
-                assert defaults() == {"recsys.v1.QueryService": ["2"], "recsys.v1.IndexService": ["2"]}
+                assert defaults() == {"recsys.internal.v1.QueryService": ["2"], "recsys.internal.v1.IndexService": ["2"]}
                 response = stub.Recommend(pb.RecommendRequest(user_id=user_ids(model_base)[0]), timeout=10)
                 assert response.model_version == "2"

@@ -27,7 +27,7 @@ def targets(shards):
     return ";".join("ipv4:" + ",".join(r.address for r in replicas) for replicas in shards)
 
 
-def searches_served(metrics_port, method="/recsys.v1.IndexService/Search"):
+def searches_served(metrics_port, method="/recsys.internal.v1.IndexService/Search"):
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     for line in body.splitlines():
         if line.startswith(f'recsys_grpc_requests_total{{code="OK",method="{method}"}}'):
@@ -43,7 +43,7 @@ def test_two_shards_two_replicas_equal_the_single_index(live_stack):
             sharded = gateway_pb2_grpc.GatewayStub(channel)
             status = sharded.GetModelStatus(pb.GetModelStatusRequest(), timeout=10)
             held = sorted((s.shard_index, s.num_shards, s.versions[0].size) for s in status.services
-                          if s.service == "recsys.v1.IndexService")
+                          if s.service == "recsys.internal.v1.IndexService")
             assert [h[:2] for h in held] == [(0, 2), (1, 2)]
             assert sum(h[2] for h in held) == len(live_stack.items)
             for user in [*live_stack.users.ids.tolist(), "cold-user"]:
@@ -110,11 +110,11 @@ def test_killing_a_query_replica_under_load_fails_nothing(live_stack):
         during = load.join()
         # The query service takes seconds to start (TensorFlow): measure "after" with a second load.
         replicas[0].start().wait_serving(90)
-        before = searches_served(ports[0], "/recsys.v1.QueryService/EmbedUsers")
+        before = searches_served(ports[0], "/recsys.internal.v1.QueryService/EmbedUsers")
         with grpc.insecure_channel(gateway.address) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
             deadline = time.monotonic() + 15
-            while searches_served(ports[0], "/recsys.v1.QueryService/EmbedUsers") <= before:
+            while searches_served(ports[0], "/recsys.internal.v1.QueryService/EmbedUsers") <= before:
                 assert time.monotonic() < deadline, "restarted query replica never got traffic"
                 stub.Recommend(via_query(0), timeout=10)
         after = LoadInBackground(gateway.address, total=1500, concurrency=8, make_request=via_query)

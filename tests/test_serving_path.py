@@ -25,8 +25,9 @@ from gateway.recommender import PeerError, Recommender, RecRequest, search_chunk
 from gateway.servicer import MAX_BATCH_RESULTS, check_genre_names
 from serving.errors import InvalidArgument
 from procs import Service, free_port, running, stack
-from recsys.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, index_service_pb2 as ipb, index_service_pb2_grpc
-from recsys.v1 import query_service_pb2 as qpb
+from recsys.internal.v1 import admin_pb2, admin_pb2_grpc, index_service_pb2 as ipb, index_service_pb2_grpc
+from recsys.internal.v1 import query_service_pb2 as qpb
+from recsys.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from serving import bundle
 
 # --------------------------------------------------------------------------- in-process, fake tiers
@@ -293,7 +294,7 @@ def test_the_index_excludes_a_users_training_items_by_user_id(seen_bundle):
             answer = stub.Search(ipb.SearchRequest(queries=[ipb.Query(most_popular=True, user_id="4",
                                                                       exclude_seen=True)], k=10), timeout=10)
             assert list(answer.results[0].item_ids) == [i for i in popular if i not in seen][:10]
-            status = stub.GetModelStatus(common_pb2.BackendModelStatusRequest(), timeout=10)
+            status = admin_pb2_grpc.ModelAdminStub(channel).GetModelStatus(admin_pb2.GetModelStatusRequest(), timeout=10)
             assert list(status.services[0].versions[0].genres)[:2] == ["unknown", "Action"]
 
 
@@ -352,7 +353,7 @@ def test_an_unknown_user_costs_no_tensorflow_call_and_a_bad_genre_no_hop(small_m
         return metric(r'^recsys_batch_size_count\{stage="query_tf_call"\} (\S+)$')
 
     def embed_calls() -> float:
-        return metric(r'^recsys_grpc_requests_total\{code="\w+",method="/recsys.v1.QueryService/EmbedUsers"\} (\S+)$')
+        return metric(r'^recsys_grpc_requests_total\{code="\w+",method="/recsys.internal.v1.QueryService/EmbedUsers"\} (\S+)$')
 
     before, embedded = tf_calls(), embed_calls()
     response = stub.Recommend(gateway_pb2.RecommendRequest(user_id="never-seen-user", k=5, exclude_seen=True),

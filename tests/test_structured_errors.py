@@ -6,8 +6,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from procs import Service, free_port
-from recsys.v1 import common_pb2, gateway_pb2 as pb, gateway_pb2_grpc, index_service_pb2, index_service_pb2_grpc
-from recsys.v1 import query_service_pb2, query_service_pb2_grpc
+from recsys.internal.v1 import index_service_pb2, index_service_pb2_grpc, query_service_pb2, query_service_pb2_grpc
+from recsys.v1 import common_pb2, gateway_pb2 as pb, gateway_pb2_grpc
 from serving import errors, request_id
 
 pytestmark = pytest.mark.slow

@@ -100,7 +100,7 @@ def test_tls_without_client_certificates(live_stack, pki):
     try:
         index.start()
         _wait_serving(index, server_only)
-        assert check(index.address, "recsys.v1.IndexService", credentials=server_only) == "SERVING"
+        assert check(index.address, "recsys.internal.v1.IndexService", credentials=server_only) == "SERVING"
     finally:
         assert index.stop() == 0
 

@@ -30,7 +30,7 @@ def test_off_unless_the_environment_asks():
 
 
 def test_default_service_names():
-    assert tracing.default_service_name(["recsys.v1.IndexService"]) == "recsys-index-service"
+    assert tracing.default_service_name(["recsys.internal.v1.IndexService"]) == "recsys-index-service"
     assert tracing.default_service_name(["recsys.v1.Gateway"]) == "recsys-gateway"
 
 
@@ -119,15 +119,15 @@ def test_one_recommend_is_one_trace_across_four_processes(live_stack, tmp_path):
     assert root["resource"]["attributes"]["service.name"] == "recsys-gateway"
     batch = one("batch gateway", root)
     assert batch["attributes"]["recsys.batch.size"] == 1
-    embed = one("recsys.v1.QueryService/EmbedUsers", batch, **{"recsys.tier": "query"})
-    query_server = one("recsys.v1.QueryService/EmbedUsers", embed)
+    embed = one("recsys.internal.v1.QueryService/EmbedUsers", batch, **{"recsys.tier": "query"})
+    query_server = one("recsys.internal.v1.QueryService/EmbedUsers", embed)
     assert query_server["kind"] == "SpanKind.SERVER"
     assert query_server["resource"]["attributes"]["service.name"] == "recsys-query-service"
     index_pids = set()
     for shard in range(2):
-        client = one("recsys.v1.IndexService/Search", batch, **{"recsys.tier": "index", "recsys.shard": shard})
+        client = one("recsys.internal.v1.IndexService/Search", batch, **{"recsys.tier": "index", "recsys.shard": shard})
         assert client["kind"] == "SpanKind.CLIENT"
-        server = one("recsys.v1.IndexService/Search", client)
+        server = one("recsys.internal.v1.IndexService/Search", client)
         assert server["kind"] == "SpanKind.SERVER" and server["attributes"]["rpc.grpc.status_code"] == 0
         search = one("ScaNN search", server)
         assert search["attributes"]["recsys.queries"] == 1 and search["attributes"]["recsys.k"] == 5

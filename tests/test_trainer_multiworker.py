@@ -17,7 +17,7 @@ import pytest
 
 from movielens_fixture import write_small_movielens
 from procs import REPO, Service, free_port, running, service_env
-from recsys.v1 import index_service_pb2, index_service_pb2_grpc, query_service_pb2, query_service_pb2_grpc
+from recsys.internal.v1 import index_service_pb2, index_service_pb2_grpc, query_service_pb2, query_service_pb2_grpc
 from serving import bundle
 
 pytestmark = pytest.mark.slow

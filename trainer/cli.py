@@ -151,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run_prune(args: argparse.Namespace) -> int:
     from serving import retention
 
-    targets = {"recsys.v1.QueryService": [t for t in args.query_target.split(";") if t.strip()],
-               "recsys.v1.IndexService": [t for t in args.index_targets.split(";") if t.strip()]}
+    targets = {"recsys.internal.v1.QueryService": [t for t in args.query_target.split(";") if t.strip()],
+               "recsys.internal.v1.IndexService": [t for t in args.index_targets.split(";") if t.strip()]}
     if not any(targets.values()) and not args.no_services:
         raise retention.RetentionError("name the services that read this model base (--query-target, "
                                        "--index-targets), or pass --no-services if none does")

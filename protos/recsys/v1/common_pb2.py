@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recsys/v1/common.proto\x12\trecsys.v1\"k\n\x0cUserFeatures\x12\x0b\n\x03\x61ge\x18\x01 \x01(\x05\x12\x0e\n\x06gender\x18\x02 \x01(\t\x12\x12\n\noccupation\x18\x03 \x01(\t\x12\x10\n\x08zip_code\x18\x04 \x01(\t\x12\x18\n\x10watched_item_ids\x18\x05 \x03(\t\"=\n\x0bGenreFilter\x12\x16\n\x0einclude_genres\x18\x01 \x03(\t\x12\x16\n\x0e\x65xclude_genres\x18\x02 \x03(\t\"\x93\x01\n\x12ModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.recsys.v1.ModelVersionState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x12\n\nis_default\x18\x05 \x01(\x08\x12\x0e\n\x06genres\x18\x06 \x03(\t\"\x9f\x01\n\x12ServiceModelStatus\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12/\n\x08versions\x18\x03 \x03(\x0b\x32\x1d.recsys.v1.ModelVersionStatus\x12\x13\n\x0bshard_index\x18\x04 \x01(\x05\x12\x12\n\nnum_shards\x18\x05 \x01(\x05\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\x1b\n\x19\x42\x61\x63kendModelStatusRequest\"M\n\x1a\x42\x61\x63kendModelStatusResponse\x12/\n\x08services\x18\x01 \x03(\x0b\x32\x1d.recsys.v1.ServiceModelStatus\"\x15\n\x13ReloadModelsRequest\"E\n\x14ReloadModelsResponse\x12-\n\x06status\x18\x01 \x01(\x0b\x32\x1d.recsys.v1.ServiceModelStatus*\xbe\x01\n\x11ModelVersionState\x12#\n\x1fMODEL_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMODEL_VERSION_STATE_LOADING\x10\x01\x12!\n\x1dMODEL_VERSION_STATE_AVAILABLE\x10\x02\x12\x1e\n\x1aMODEL_VERSION_STATE_FAILED\x10\x03\x12 \n\x1cMODEL_VERSION_STATE_UNLOADED\x10\x04\x42\x14Z\x12recsys/v1;recsysv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recsys/v1/common.proto\x12\trecsys.v1\"k\n\x0cUserFeatures\x12\x0b\n\x03\x61ge\x18\x01 \x01(\x05\x12\x0e\n\x06gender\x18\x02 \x01(\t\x12\x12\n\noccupation\x18\x03 \x01(\t\x12\x10\n\x08zip_code\x18\x04 \x01(\t\x12\x18\n\x10watched_item_ids\x18\x05 \x03(\t\"=\n\x0bGenreFilter\x12\x16\n\x0einclude_genres\x18\x01 \x03(\t\x12\x16\n\x0e\x65xclude_genres\x18\x02 \x03(\t\"\x93\x01\n\x12ModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.recsys.v1.ModelVersionState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x12\n\nis_default\x18\x05 \x01(\x08\x12\x0e\n\x06genres\x18\x06 \x03(\t\"\x9f\x01\n\x12ServiceModelStatus\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12/\n\x08versions\x18\x03 \x03(\x0b\x32\x1d.recsys.v1.ModelVersionStatus\x12\x13\n\x0bshard_index\x18\x04 \x01(\x05\x12\x12\n\nnum_shards\x18\x05 \x01(\x05\x12\r\n\x05\x65rror\x18\x06 \x01(\t*\xbe\x01\n\x11ModelVersionState\x12#\n\x1fMODEL_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMODEL_VERSION_STATE_LOADING\x10\x01\x12!\n\x1dMODEL_VERSION_STATE_AVAILABLE\x10\x02\x12\x1e\n\x1aMODEL_VERSION_STATE_FAILED\x10\x03\x12 \n\x1cMODEL_VERSION_STATE_UNLOADED\x10\x04\x42\x14Z\x12recsys/v1;recsysv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,8 +32,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.v1.common_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\022recsys/v1;recsysv1'
-  _globals['_MODELVERSIONSTATE']._serialized_start=724
-  _globals['_MODELVERSIONSTATE']._serialized_end=914
+  _globals['_MODELVERSIONSTATE']._serialized_start=522
+  _globals['_MODELVERSIONSTATE']._serialized_end=712
   _globals['_USERFEATURES']._serialized_start=37
   _globals['_USERFEATURES']._serialized_end=144
   _globals['_GENREFILTER']._serialized_start=146
@@ -42,12 +42,4 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELVERSIONSTATUS']._serialized_end=357
   _globals['_SERVICEMODELSTATUS']._serialized_start=360
   _globals['_SERVICEMODELSTATUS']._serialized_end=519
-  _globals['_BACKENDMODELSTATUSREQUEST']._serialized_start=521
-  _globals['_BACKENDMODELSTATUSREQUEST']._serialized_end=548
-  _globals['_BACKENDMODELSTATUSRESPONSE']._serialized_start=550
-  _globals['_BACKENDMODELSTATUSRESPONSE']._serialized_end=627
-  _globals['_RELOADMODELSREQUEST']._serialized_start=629
-  _globals['_RELOADMODELSREQUEST']._serialized_end=650
-  _globals['_RELOADMODELSRESPONSE']._serialized_start=652
-  _globals['_RELOADMODELSRESPONSE']._serialized_end=721
 # @@protoc_insertion_point(module_scope)

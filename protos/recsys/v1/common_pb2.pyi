@@ -73,23 +73,3 @@ class ServiceModelStatus(_message.Message):
     num_shards: int
     error: str
     def __init__(self, service: _Optional[str] = ..., address: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersionStatus, _Mapping]]] = ..., shard_index: _Optional[int] = ..., num_shards: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
-
-class BackendModelStatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class BackendModelStatusResponse(_message.Message):
-    __slots__ = ("services",)
-    SERVICES_FIELD_NUMBER: _ClassVar[int]
-    services: _containers.RepeatedCompositeFieldContainer[ServiceModelStatus]
-    def __init__(self, services: _Optional[_Iterable[_Union[ServiceModelStatus, _Mapping]]] = ...) -> None: ...
-
-class ReloadModelsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class ReloadModelsResponse(_message.Message):
-    __slots__ = ("status",)
-    STATUS_FIELD_NUMBER: _ClassVar[int]
-    status: ServiceModelStatus
-    def __init__(self, status: _Optional[_Union[ServiceModelStatus, _Mapping]] = ...) -> None: ...
