@@ -195,6 +195,42 @@ def test_a_version_without_user_vectors_is_embedded_by_the_query_tier_with_that_
     assert second[0].items[0][0] == "0.0:0"
 
 
+class FakeAdmin:
+    """ModelAdmin stand-in: the versions a tier holds (AVAILABLE); records that it was asked."""
+
+    def __init__(self, versions: set[int]):
+        self.versions, self.asked = versions, 0
+
+    async def GetModelStatus(self, request, timeout=None, metadata=None, wait_for_ready=None):
+        self.asked += 1
+        return admin_pb2.GetModelStatusResponse(services=[common_pb2.ServiceModelStatus(versions=[
+            common_pb2.ModelVersionStatus(version=str(v), state=common_pb2.MODEL_VERSION_STATE_AVAILABLE)
+            for v in sorted(self.versions)])])
+
+
+def test_shards_answering_different_versions_are_asked_again_with_the_newest_they_share():
+    """A roll-out that reached shard 0 first: its newest is 2, shard 1's is 1. No answer mixes them."""
+
+    async def scenario():
+        query, shards = FakeQuery(), [FakeIndex(version="2"), FakeIndex(version="1")]
+        recommender = Recommender(ReadyTier("query service"), [ReadyTier("index shard 0"), ReadyTier("index shard 1")],
+                                  max_batch=1000, batch_wait_us=0, concurrency=1, default_timeout_s=5)
+        recommender.query, recommender.index_shards = query, shards
+        admins = [FakeAdmin({1}), FakeAdmin({1, 2}), FakeAdmin({1})]
+        recommender.query_admin, recommender.index_admins = admins[0], admins[1:]
+        results = await recommender.recommend([rec("u3"), rec("stranger")])
+        await recommender.batcher.stop()
+        return results, query, shards, admins
+
+    results, query, shards, admins = asyncio.run(scenario())
+    assert [r.model_version for r in results] == ["1", "1"]
+    assert [r.fallback for r in results] == [False, True]
+    for shard in shards:  # the newest first, then the pinned version both shards hold
+        assert [c.model_version for c in shard.calls] == ["", "1"]
+    # Only the index shards' versions matter to an id-only batch: the query tier is not asked at all.
+    assert query.calls == [] and admins[0].asked == 0 and admins[1].asked == admins[2].asked == 1
+
+
 def test_internal_search_calls_are_split_to_fit_the_message_limit():
     async def scenario():
         # 256 B per result: at most 1,000 results (queries x k) per Search call.
