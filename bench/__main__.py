@@ -195,10 +195,12 @@ def index_section(args, bundle_dir: Path, origin: str, work: Path, baseline_base
     out["baseline"] = index_bench.service_startup(baseline_base)
     raw_mb = out["in_process"]["items"] * out["in_process"]["dim"] * 4 / 2**20
     out["raw_embeddings_mb"] = round(raw_mb, 1)
-    # The index also holds every training user's seen list (for exclude_seen), as stored in the bundle.
-    out["seen_lists_mb"] = round(sum((bundle_dir / f"{name}.npy").stat().st_size
-                                     for name in ("seen_indptr", "seen_items")) / 2**20, 1)
-    out["memory_budget_mb"] = round(3 * raw_mb + out["seen_lists_mb"] + out["baseline"]["rss_mb"], 1)
+    # The index also holds every training user's seen list (for exclude_seen) and vector (to answer a known
+    # user without the query tier), as stored in the bundle.
+    out["user_tables_mb"] = round(sum((bundle_dir / f"{name}.npy").stat().st_size
+                                      for name in ("seen_indptr", "seen_items", bundle.USER_VECTORS)
+                                      if (bundle_dir / f"{name}.npy").exists()) / 2**20, 1)
+    out["memory_budget_mb"] = round(3 * raw_mb + out["user_tables_mb"] + out["baseline"]["rss_mb"], 1)
     return out
 
 
@@ -258,7 +260,7 @@ def targets(results: dict) -> list[dict]:
         t.append({"target": "index >= 15k single q/s in-process", "figure": f"{ip['scann_single_qps']:,}", "met": ip["scann_single_qps"] >= 15000})
         s = index["serialized"]
         t.append({"target": "SERVING within 10 s from serialized searcher", "figure": f"{s['seconds_to_serving']} s", "met": s["seconds_to_serving"] <= 10})
-        t.append({"target": "index RSS <= 3x raw + seen lists + baseline", "figure": f"{s['rss_mb']} MB vs {index['memory_budget_mb']} MB", "met": s["rss_mb"] <= index["memory_budget_mb"]})
+        t.append({"target": "index RSS <= 3x raw + user tables + baseline", "figure": f"{s['rss_mb']} MB vs {index['memory_budget_mb']} MB", "met": s["rss_mb"] <= index["memory_budget_mb"]})
     million32 = rows.get((stack_target(True), 32))
     if million32:
         by = million32["cpu_ms_by_process"]

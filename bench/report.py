@@ -125,7 +125,7 @@ def markdown(results: dict) -> str:
                 s = index[key]
                 lines.append(f"| {label}: start to SERVING / RSS | {s['seconds_to_serving']} s / {s['rss_mb']} MB |")
         if "memory_budget_mb" in index:
-            lines.append(f"| memory budget: 3 x raw float32 + seen lists ({index.get('seen_lists_mb', 0)} MB) + baseline "
+            lines.append(f"| memory budget: 3 x raw float32 + seen lists and user vectors ({index.get('user_tables_mb', 0)} MB) + baseline "
                          f"| {index['memory_budget_mb']} MB |")
         lines.append("")
     if results.get("targets"):

@@ -1,11 +1,16 @@
 """Composes the query and index tiers: user ids in, top-k movies out.
 
-Concurrent Recommend calls are gathered by a MicroBatcher into one EmbedUsers
-call and one Search call per index shard. Both calls use one model version:
-the index is asked for exactly the version the query service embedded with,
-and if it does not hold it (a roll-out in progress) we pin, for a short while,
-the newest version that both tiers hold and embed again with it. A response
-never mixes versions.
+Concurrent Recommend calls are gathered by a MicroBatcher into one Search
+call per index shard. A request that names only a user id needs no query-tier
+call: the index looks the user's vector up in the same bundle version as the
+items it searches (known users), or answers with the most popular items
+(unknown users). Requests that describe a new user (user_features), and every
+request when the index's bundle holds no user vectors, are embedded by the
+query service first (one EmbedUsers call per batch), and the index is asked for
+exactly the version the query service embedded with. If a tier does not hold
+the version asked for, or the shards answer with different versions (a
+roll-out in progress), we pin, for a short while, the newest version that the
+tiers hold and ask again with it. A response never mixes versions.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ GENRES_MAX_AGE_S = 5.0
 # Search response: internal calls are split so that each response stays
 # within the message size limit.
 SEARCH_RESULT_BYTES = 256
+# After an index answered that its bundle holds no user vectors (a version
+# exported before they were shipped), known users go through the query tier
+# for this long before the index is asked to look them up again.
+LOOKUP_RETRY_S = 30.0
 # Queries whose k differ more than this factor go to separate Search calls
 # (every query of a call is searched with the call's largest k).
 K_SPREAD_PER_CALL = 4
@@ -96,8 +105,11 @@ class Recommender:
         concurrency: int,
         default_timeout_s: float,
         max_message_bytes: int = 8 * 1024 * 1024,
+        index_user_lookup: bool = True,
     ):
         self.query_tier = query
+        self.index_user_lookup = index_user_lookup
+        self._no_lookup_until = -LOOKUP_RETRY_S
         self.index_tiers = list(index_shards)
         self.query = query_service_pb2_grpc.QueryServiceStub(query.channel)
         self.index_shards = [index_service_pb2_grpc.IndexServiceStub(t.channel) for t in self.index_tiers]
@@ -133,24 +145,65 @@ class Recommender:
         timeout = self._timeout(batch)
         version = self._pinned_version()
         try:
-            return await self._search(batch, await self._embed(batch, version, timeout), timeout)
+            return await self._answer(batch, version, timeout)
         except PeerError as exc:
             if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
                 raise
             # One tier does not hold the version the other used (a roll-out in
-            # progress, or a version one tier refused): use the newest version
-            # both hold, for a while, instead of mixing embedding spaces.
-            version = await self._common_version(timeout)
+            # progress, or a version one tier refused), or the shards answered
+            # with different versions: use the newest version all the tiers this
+            # batch needs hold, for a while, instead of mixing embedding spaces.
+            with_query = not all(self._index_looks_up(r) for r in batch)
+            version = await self._common_version(timeout, with_query=with_query)
             log.warning("model versions differ between tiers; pinning the newest common one",
                         extra={"failed": str(exc), "pinned": version})
             self._pinned = (version, time.monotonic() + PIN_SECONDS)
         try:
-            return await self._search(batch, await self._embed(batch, version, timeout), timeout)
+            return await self._answer(batch, version, timeout)
         except PeerError as exc:
             if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
                 raise
             raise PeerError(grpc.StatusCode.UNAVAILABLE, f"model versions are changing on the tiers; retry ({exc})",
                             tier=exc.tier, shard=exc.shard, reason="MODEL_VERSIONS_CHANGING")
+
+    def _index_looks_up(self, r: RecRequest) -> bool:
+        """Whether the index takes ``r``'s vector from its own table (no query-tier call)."""
+        return r.user_features is None and self.index_user_lookup and time.monotonic() >= self._no_lookup_until
+
+    async def _answer(self, batch: list[RecRequest], version: str, timeout: float) -> list[RecResult | PeerError]:
+        """Searches every request of the batch with ``version`` ("" = the newest): id-only requests straight
+        at the index, the others with vectors from the query tier (both at once)."""
+        direct = [i for i, r in enumerate(batch) if self._index_looks_up(r)]
+        if len(direct) == len(batch):
+            results = await self._search(batch, [None] * len(batch), version, timeout)
+        else:
+            direct_set = set(direct)
+            embedded = [i for i in range(len(batch)) if i not in direct_set]
+            parts = await asyncio.gather(
+                self._search([batch[i] for i in direct], [None] * len(direct), version, timeout),
+                self._embed_and_search([batch[i] for i in embedded], version, timeout),
+            )
+            results = [None] * len(batch)
+            for positions, part in zip((direct, embedded), parts):
+                for i, result in zip(positions, part):
+                    results[i] = result
+        # Versions whose bundle holds no user vectors: those users are embedded by the query tier, with that version.
+        by_version: dict[str, list[int]] = {}
+        for i, result in enumerate(results):
+            if isinstance(result, _NeedsVector):
+                by_version.setdefault(result.model_version, []).append(i)
+        for needs_version, positions in by_version.items():
+            self._no_lookup_until = time.monotonic() + LOOKUP_RETRY_S
+            log.warning("the index holds no user vectors for this version; embedding known users with the query tier",
+                        extra={"model_version": needs_version})
+            redo = await self._embed_and_search([batch[i] for i in positions], needs_version, timeout)
+            for i, result in zip(positions, redo):
+                results[i] = result
+        return results
+
+    async def _embed_and_search(self, batch: list[RecRequest], version: str, timeout: float):
+        embedded = await self._embed(batch, version, timeout)
+        return await self._search(batch, embedded.per_request, embedded.model_version, timeout)
 
     def _timeout(self, batch: list[RecRequest]) -> float:
         deadlines = [r.deadline for r in batch if r.deadline is not None]
@@ -190,10 +243,15 @@ class Recommender:
         embeddings = response.embeddings
         return _Embedded(response, [embeddings[slot] for slot in slots])
 
-    async def _search(self, batch: list[RecRequest], embedded: _Embedded, timeout: float) -> list[RecResult | PeerError]:
-        """Searches every shard for the batch; a request the index refuses fails alone."""
+    async def _search(
+        self, batch: list[RecRequest], users: list[query_service_pb2.UserEmbedding | None], version: str, timeout: float
+    ) -> list[RecResult | PeerError | _NeedsVector]:
+        """Searches every shard for the batch; a request the index refuses fails alone.
+
+        ``users[i]`` is request i's vector from the query tier, or None: the index looks it up by user id.
+        """
         try:
-            return await self._search_calls(batch, embedded.per_request, embedded.model_version, timeout)
+            return await self._search_calls(batch, users, version, timeout)
         except PeerError as exc:
             if exc.code != grpc.StatusCode.INVALID_ARGUMENT or len(batch) == 1:
                 raise
@@ -201,8 +259,7 @@ class Recommender:
         # genre a new version dropped): find the culprit by searching each request
         # alone with the vectors already embedded; the query tier is not asked again.
         outcomes = await asyncio.gather(
-            *(self._search_calls([r], [user], embedded.model_version, timeout)
-              for r, user in zip(batch, embedded.per_request)),
+            *(self._search_calls([r], [user], version, timeout) for r, user in zip(batch, users)),
             return_exceptions=True,
         )
         for outcome in outcomes:
@@ -211,26 +268,46 @@ class Recommender:
         return [o if isinstance(o, PeerError) else o[0] for o in outcomes]
 
     async def _search_calls(
-        self, batch: list[RecRequest], users: list[query_service_pb2.UserEmbedding], version: str, timeout: float
-    ) -> list[RecResult]:
+        self, batch: list[RecRequest], users: list[query_service_pb2.UserEmbedding | None], version: str,
+        timeout: float,
+    ) -> list[RecResult | _NeedsVector]:
         """One Search call per shard for each chunk of the batch (see ``search_chunks``), all at once."""
         chunks = search_chunks([r.k for r in batch], self.search_results_per_call)
-        answers = await asyncio.gather(*(self._search_chunk(batch, users, chunk, version, timeout) for chunk in chunks))
-        out: list[RecResult] = [None] * len(batch)  # type: ignore[list-item]
+        answers = await _all(self._search_chunk(batch, users, chunk, version, timeout) for chunk in chunks)
+        out: list[RecResult | _NeedsVector] = [None] * len(batch)  # type: ignore[list-item]
         for chunk, per_shard in zip(chunks, answers):
+            answered = per_shard[0].model_version
+            if any(resp.model_version != answered for resp in per_shard):
+                # Possible only when no version was asked for (the newest): a roll-out reached some shards first.
+                raise PeerError(grpc.StatusCode.FAILED_PRECONDITION, "index shards answered with different model "
+                                f"versions ({sorted({r.model_version for r in per_shard})}): a roll-out is in progress",
+                                tier="index")
             for qi, i in enumerate(chunk):
                 user = users[i]
-                merged = _merge_top_k([resp.results[qi] for resp in per_shard], batch[i].k)
-                out[i] = RecResult(merged, version, fallback=not (user.known or user.from_features))
+                results = [resp.results[qi] for resp in per_shard]
+                if user is None:
+                    lookup = results[0].user_lookup
+                    if lookup not in (index_service_pb2.USER_LOOKUP_FOUND, index_service_pb2.USER_LOOKUP_UNKNOWN_USER):
+                        out[i] = _NeedsVector(answered)
+                        continue
+                    fallback = lookup == index_service_pb2.USER_LOOKUP_UNKNOWN_USER
+                else:
+                    fallback = not (user.known or user.from_features)
+                out[i] = RecResult(_merge_top_k(results, batch[i].k), answered, fallback)
         return out
 
     async def _search_chunk(
-        self, batch: list[RecRequest], users: list[query_service_pb2.UserEmbedding], chunk: list[int], version: str,
-        timeout: float,
+        self, batch: list[RecRequest], users: list[query_service_pb2.UserEmbedding | None], chunk: list[int],
+        version: str, timeout: float,
     ) -> list[index_service_pb2.SearchResponse]:
         queries = []
         for i in chunk:
             r, user = batch[i], users[i]
+            if user is None:  # the index takes the vector from its own table (most popular for unknown users)
+                query = index_service_pb2.Query(exclude_item_ids=r.exclude_item_ids, genre_filter=r.genre_filter,
+                                                user_id=r.user_id, lookup_user_vector=True, exclude_seen=r.exclude_seen)
+                queries.append(query)
+                continue
             excluded = r.exclude_item_ids
             if r.exclude_seen and user.from_features:
                 excluded = (*excluded, *r.user_features.watched_item_ids)
@@ -246,9 +323,8 @@ class Recommender:
         request = index_service_pb2.SearchRequest(
             queries=queries, k=max(batch[i].k for i in chunk), model_version=version
         )
-        return await asyncio.gather(
-            *(_call(tier, shard.Search, request, timeout) for tier, shard in zip(self.index_tiers, self.index_shards))
-        )
+        return await _all(_call(tier, shard.Search, request, timeout)
+                          for tier, shard in zip(self.index_tiers, self.index_shards))
 
     async def genre_names(self, timeout: float) -> tuple[str, ...]:
         """The genre names of the index's newest version, for checking filters before batching.
@@ -273,20 +349,20 @@ class Recommender:
             self._genres = (names, time.monotonic())
             return names
 
-    async def _common_version(self, timeout: float) -> str:
-        """The newest version loaded on the query tier and on every index shard."""
+    async def _common_version(self, timeout: float, with_query: bool = True) -> str:
+        """The newest version loaded on every index shard and (``with_query``) on the query tier."""
         request = admin_pb2.GetModelStatusRequest()
-        statuses = await asyncio.gather(
-            _call(self.query_tier, self.query_admin.GetModelStatus, request, timeout),
-            *(_call(tier, s.GetModelStatus, request, timeout) for tier, s in zip(self.index_tiers, self.index_admins)),
-        )
+        peers = [(self.query_tier, self.query_admin)] if with_query else []
+        peers += list(zip(self.index_tiers, self.index_admins))
+        statuses = await asyncio.gather(*(_call(tier, stub.GetModelStatus, request, timeout) for tier, stub in peers))
         held = [_available(status) for status in statuses]
         common = set.intersection(*held)
         if not common:
+            where = (f"on both tiers (query holds {sorted(held[0])}, index holds {[sorted(h) for h in held[1:]]})"
+                     if with_query else f"on every index shard (they hold {[sorted(h) for h in held]})")
             raise PeerError(
                 grpc.StatusCode.UNAVAILABLE,
-                f"no model version is loaded on both tiers (query holds {sorted(held[0])}, index holds "
-                f"{[sorted(h) for h in held[1:]]}); wait for the roll-out to finish",
+                f"no model version is loaded {where}; wait for the roll-out to finish",
                 reason="NO_COMMON_MODEL_VERSION",
             )
         return str(max(common))
@@ -341,6 +417,13 @@ class Recommender:
 
 
 @dataclasses.dataclass(frozen=True)
+class _NeedsVector:
+    """The index was asked to look a user's vector up, but this version's bundle holds none."""
+
+    model_version: str
+
+
+@dataclasses.dataclass(frozen=True)
 class _Embedded:
     response: query_service_pb2.EmbedUsersResponse
     per_request: list[query_service_pb2.UserEmbedding]  # aligned with the batch
@@ -385,6 +468,15 @@ def _merge_top_k(results: Sequence[index_service_pb2.SearchResult], k: int) -> l
     # Equal scores are ordered by item id, as each index orders its own ties.
     merged = heapq.merge(*streams, key=lambda row: (-row[0], row[1]))
     return [(item_id, title, score) for score, item_id, title in itertools.islice(merged, k)]
+
+
+async def _all(coroutines) -> list:
+    """``asyncio.gather`` of the coroutines, but a lone one is awaited in place: a request alone
+    (one chunk, one shard) then pays for no task creation and no extra event-loop turns."""
+    coroutines = list(coroutines)
+    if len(coroutines) == 1:
+        return [await coroutines[0]]
+    return await asyncio.gather(*coroutines)
 
 
 async def _call(tier: Tier, method, request, timeout: float):

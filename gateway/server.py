@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.flag("--max-batch-request", 1000, int, "most requests in one RecommendBatch call")
     parser.flag("--expose-peer-addresses", False, bool,
                 "admin: GetModelStatus tells every client the peers' internal addresses")
+    parser.flag("--index-user-lookup", True, bool,
+                "the index looks known users' vectors up itself (one hop, no query-tier call); turn off while "
+                "index services older than this gateway are still running")
     parser.flag("--default-timeout", 5.0, float, "seconds allowed for the inner calls when the caller sets no deadline")
     parser.flag(
         "--peer-restart-wait", 5.0, float,
@@ -72,6 +75,7 @@ async def serve(args: argparse.Namespace) -> None:
         concurrency=args.batch_concurrency,
         default_timeout_s=args.default_timeout,
         max_message_bytes=args.max_message_bytes,
+        index_user_lookup=args.index_user_lookup,
     )
     servicer = GatewayServicer(recommender, max_batch_request=args.max_batch_request,
                                expose_peer_addresses=args.expose_peer_addresses)

@@ -39,6 +39,28 @@ class SeenLists:
         return [self.rows[self.indptr[u] : self.indptr[u + 1]] if u >= 0 else empty for u in users.tolist()]
 
 
+@dataclasses.dataclass(frozen=True)
+class UserVectors:
+    """The user tower's vector of every training user, from the same bundle as the items searched.
+
+    With it a known user's query needs no query-tier call: the index looks the
+    vector up by user id (the bundle's ``user_embeddings.npy``, which the query
+    service checks against its own tower's output), so the vector and the items
+    always come from one model version.
+    """
+
+    user_row: bundle.IdIndex  # user id -> row of vectors
+    vectors: np.ndarray  # float32 [users, dim]
+
+    def lookup(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 [n, dim], zero for unknown users; bool [n] known)."""
+        rows = self.user_row.rows(user_ids)
+        found = rows >= 0
+        out = np.zeros((len(user_ids), self.vectors.shape[1]), dtype=np.float32)
+        out[found] = self.vectors[rows[found]]
+        return out, found
+
+
 def seen_lists(users: bundle.UserTable, shard_rows: np.ndarray | None, item_count: int) -> SeenLists:
     """``users``' seen lists in the numbering of a shard holding ``shard_rows`` (None: the whole catalog)."""
     if shard_rows is None:
@@ -77,6 +99,7 @@ class ItemIndex:
     popular_rows: np.ndarray  # this shard's rows, most popular first
     genre_names: tuple[str, ...]
     seen: SeenLists | None = None  # the training users' seen lists, for exclude_seen
+    users: UserVectors | None = None  # the training users' vectors (None: the bundle has none)
 
     @property
     def dim(self) -> int:
@@ -234,7 +257,8 @@ def make_loader(shard_index: int = 0, num_shards: int = 1):
             config = ann.scann_config(len(items)) if num_shards > 1 else {**ann.scann_config(len(items)), **recorded}
             searcher = ann.build_searcher(items.embeddings, config)
         popular = bundle.popularity_order(items)
-        return ItemIndex(manifest.version, items, searcher, config, popular, manifest.genres, seen)
+        vectors = None if users.vectors is None else UserVectors(users.row_of, users.vectors)
+        return ItemIndex(manifest.version, items, searcher, config, popular, manifest.genres, seen, vectors)
 
     return load
 

@@ -59,7 +59,7 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
     async def Search(self, request, context):
         version, index = await self._model(request.model_version, context)
         try:
-            k, vectors, popular, excluded, filters = self._parse(request, index)
+            k, vectors, popular, excluded, filters, lookups = self._parse(request, index)
         except InvalidRequest as exc:
             await errors.abort_invalid_field(context, exc.field, str(exc))
         if tracing.enabled:
@@ -67,6 +67,10 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
                 results = search(index, k, vectors, popular, excluded, filters, exact=request.exact)
         else:
             results = search(index, k, vectors, popular, excluded, filters, exact=request.exact)
+        for i in np.flatnonzero(lookups).tolist():
+            if lookups[i] == index_service_pb2.USER_LOOKUP_NOT_IN_BUNDLE:
+                results[i] = index_service_pb2.SearchResult()  # the caller embeds the user and asks again
+            results[i].user_lookup = int(lookups[i])
         return index_service_pb2.SearchResponse(
             results=results,
             model_version=str(version),
@@ -118,8 +122,17 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
         excluded: list[np.ndarray] = [_NO_ROWS] * len(queries)
         filters: list[tuple[int, int] | None] = [None] * len(queries)
         seen_of: dict[str, list[int]] = {}  # user id -> the queries that exclude what that user saw
+        lookup_of: dict[str, list[int]] = {}  # user id -> the queries searched with that user's vector
         for i, query in enumerate(queries):
-            if query.most_popular:
+            if query.lookup_user_vector:
+                if query.most_popular or len(query.vector):
+                    raise InvalidRequest(f"queries[{i}]: lookup_user_vector takes the vector from user_id: leave vector "
+                                         "and most_popular unset", f"queries[{i}].lookup_user_vector")
+                if not query.user_id:
+                    raise InvalidRequest(f"queries[{i}]: lookup_user_vector needs the user_id to look up",
+                                         f"queries[{i}].user_id")
+                lookup_of.setdefault(query.user_id, []).append(i)
+            elif query.most_popular:
                 if len(query.vector):
                     raise InvalidRequest(f"queries[{i}]: set either vector or most_popular, not both", f"queries[{i}].vector")
                 popular[i] = True
@@ -147,6 +160,21 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
                 except ValueError as exc:
                     raise InvalidRequest(f"queries[{i}].genre_filter: {exc}", f"queries[{i}].genre_filter") from exc
                 filters[i] = masks if any(masks) else None
+        lookups = np.zeros(len(queries), dtype=np.int8)  # UserLookup of each query (0: did not ask)
+        if lookup_of:
+            if index.users is None:
+                found_vectors, found = np.zeros((len(lookup_of), dim), dtype=np.float32), None
+            else:
+                # One id lookup for the whole batch, in the same version's table as the items.
+                found_vectors, found = index.users.lookup(list(lookup_of))
+            for u, queries_of_user in enumerate(lookup_of.values()):
+                for i in queries_of_user:
+                    if found is not None and found[u]:
+                        vectors[i], lookups[i] = found_vectors[u], index_service_pb2.USER_LOOKUP_FOUND
+                    else:
+                        popular[i] = True
+                        lookups[i] = (index_service_pb2.USER_LOOKUP_NOT_IN_BUNDLE if found is None
+                                      else index_service_pb2.USER_LOOKUP_UNKNOWN_USER)
         if seen_of and index.seen is not None:
             # One id lookup for the whole batch; the lists are row numbers already.
             for rows, queries_of_user in zip(index.seen.of(list(seen_of)), seen_of.values()):
@@ -155,7 +183,7 @@ class IndexServicer(ModelAdminMixin, index_service_pb2_grpc.IndexServiceServicer
         if not np.isfinite(vectors).all():
             bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
             raise InvalidRequest(f"queries[{bad}].vector holds NaN or Inf; every value must be finite", f"queries[{bad}].vector")
-        return k, vectors, popular, excluded, filters
+        return k, vectors, popular, excluded, filters, lookups
 
 
 _NO_ROWS = np.zeros(0, dtype=np.int64)

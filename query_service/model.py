@@ -99,6 +99,14 @@ def load_user_tower(path: Path, manifest: bundle.Manifest) -> UserTower:
         known_vectors[start : start + len(chunk)] = signature(user_id=tf.constant(chunk))["embedding"].numpy()
     if not np.isfinite(out).all() or not np.isfinite(known_vectors).all():
         raise bundle.BundleError(f"{path}/{bundle.USER_TOWER}: produces NaN/Inf embeddings")
+    if users.vectors is not None and not np.allclose(users.vectors, known_vectors, rtol=1e-5, atol=1e-6):
+        # The index answers known users from that array: both tiers must give a user the same vector.
+        worst = int(np.abs(users.vectors - known_vectors).max(axis=1).argmax())
+        raise bundle.BundleError(
+            f"{path}/{bundle.USER_VECTORS}.npy: user {ids[worst]!r}'s vector differs from what {bundle.USER_TOWER}'s "
+            f"{bundle.USER_TOWER_SIGNATURE} returns; the index would search with other vectors than this service: "
+            "export the bundle again"
+        )
     features_signature = saved.signatures.get(bundle.FEATURES_SIGNATURE)
     no_features = None
     if features_signature is not None:

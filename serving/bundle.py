@@ -22,6 +22,10 @@ reader never sees a half-written version. Layout::
     user_ids.npy              str [users], the users the model was trained on
     seen_indptr.npy           int64 [users + 1] } CSR of each user's training
     seen_items.npy            int32 [nnz]       } interactions (item row numbers)
+    user_embeddings.npy       float32 [users, dim]: serving_default's vector of each
+                              of user_ids (row-aligned), so that a service without
+                              TensorFlow (the index) can look a known user's vector
+                              up; optional (bundles written before it lack it)
     evaluation/...            reports and the held-out split (not needed to serve)
 
 Arrays are plain ``.npy`` files of fixed-width dtypes; they are always read with
@@ -64,9 +68,12 @@ ARRAYS: dict[str, tuple[str, int]] = {
     "user_ids": ("U", 1),
     "seen_indptr": ("i", 1),
     "seen_items": ("i", 1),
+    "user_embeddings": ("f", 2),
 }
 ITEM_ARRAYS = ("item_embeddings", "item_ids", "item_titles", "item_genres", "item_popularity")
 USER_ARRAYS = ("user_ids", "seen_indptr", "seen_items")
+# Optional: a bundle without it is served, its known users' vectors come from the query tier only.
+USER_VECTORS = "user_embeddings"
 
 _VERSION_RE = re.compile(r"^[1-9][0-9]{0,17}$")
 _STAGING_PREFIX = ".staging-"
@@ -378,6 +385,7 @@ class UserTable:
     seen_items: np.ndarray  # int32 [nnz], item rows
     item_ids: np.ndarray  # str [n], to turn item rows into ids
     row_of: IdIndex
+    vectors: np.ndarray | None = None  # float32 [u, dim], the user tower's vector of each user (None: not in the bundle)
 
     def __contains__(self, user_id: str) -> bool:
         return user_id in self.row_of
@@ -402,7 +410,17 @@ def load_users(bundle_dir: Path, manifest: Manifest) -> UserTable:
     row_of = IdIndex(ids)
     if duplicates := row_of.duplicates():
         raise BundleError(f"{bundle_dir}/user_ids.npy: duplicate user ids, e.g. {duplicates}")
-    return UserTable(ids=ids, seen_indptr=indptr.astype(np.int64), seen_items=seen, item_ids=arrays["item_ids"], row_of=row_of)
+    vectors = None
+    if f"{USER_VECTORS}.npy" in manifest.files:
+        vectors = load_array(bundle_dir, manifest, USER_VECTORS)
+        if vectors.shape != (len(ids), manifest.embedding_dim) or vectors.dtype != np.float32:
+            raise BundleError(f"{bundle_dir}/{USER_VECTORS}.npy: {vectors.dtype} {vectors.shape}, expected float32 "
+                              f"({len(ids)}, {manifest.embedding_dim}): one vector of dimension "
+                              f"{manifest.embedding_dim} per user id")
+        if not np.isfinite(vectors).all():
+            raise BundleError(f"{bundle_dir}/{USER_VECTORS}.npy: holds NaN or Inf")
+    return UserTable(ids=ids, seen_indptr=indptr.astype(np.int64), seen_items=seen, item_ids=arrays["item_ids"],
+                     row_of=row_of, vectors=vectors)
 
 
 def validate(bundle_dir: Path, manifest: Manifest) -> tuple[ItemTable, UserTable]:

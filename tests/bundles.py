@@ -28,8 +28,10 @@ def write_item_bundle(
     seed: int = 0,
     embeddings: np.ndarray | None = None,
     with_searcher: bool = False,
+    with_user_vectors: bool = True,
 ) -> Path:
-    """A complete bundle with random (or the given) item embeddings; optionally a serialized searcher."""
+    """A complete bundle with random (or the given) item embeddings and user vectors; optionally a
+    serialized searcher, and without user vectors (as bundles written before they were shipped)."""
     rng = np.random.default_rng(seed)
     if embeddings is None:
         embeddings = rng.normal(size=(n_items, dim)).astype(np.float32)
@@ -46,6 +48,9 @@ def write_item_bundle(
         staging.save_array("seen_indptr", np.arange(0, per_user * n_users + 1, per_user, dtype=np.int64))
         seen = np.concatenate([rng.choice(n_items, per_user, replace=False) for _ in range(n_users)])
         staging.save_array("seen_items", seen.astype(np.int32))
+        user_vectors = rng.normal(size=(n_users, dim)).astype(np.float32)
+        if with_user_vectors:
+            staging.save_array("user_embeddings", user_vectors)
         (staging.path / bundle.USER_TOWER).mkdir()
         (staging.path / bundle.USER_TOWER / "saved_model.pb").write_bytes(b"placeholder: index-only bundle")
         fields = {"embedding_dim": dim, "item_count": n_items, "user_count": n_users, "genres": GENRES, "metrics": {}}

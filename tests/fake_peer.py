@@ -46,11 +46,13 @@ class Fake(query_service_pb2_grpc.QueryServiceServicer, index_service_pb2_grpc.I
     async def Search(self, request, context):
         await self._behave(context)
         k = request.k or 10
-        result = index_service_pb2.SearchResult(
+        results = [index_service_pb2.SearchResult(
             item_ids=[str(i) for i in range(1, k + 1)], scores=[float(k - i) for i in range(k)],
             titles=[f"Movie {i}" for i in range(1, k + 1)],
-        )
-        return index_service_pb2.SearchResponse(results=[result] * len(request.queries), model_version="1")
+            # Every user is known here, as every EmbedUsers answer says.
+            user_lookup=index_service_pb2.USER_LOOKUP_FOUND if q.lookup_user_vector else 0,
+        ) for q in request.queries]
+        return index_service_pb2.SearchResponse(results=results, model_version="1")
 
     async def GetModelStatus(self, request, context):
         version = common_pb2.ModelVersionStatus(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
-from recsys.v1 import gateway_pb2, gateway_pb2_grpc
+from recsys.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 
 REJECTED_BACKOFF_S = 0.02
@@ -45,8 +45,11 @@ class LoadResult:
         return sum(1 for c in self.calls if start <= c.started < end)
 
 
-def make_recommend(user_ids: list[str], k: int = 10) -> Callable[[int], gateway_pb2.RecommendRequest]:
-    return lambda i: gateway_pb2.RecommendRequest(user_id=user_ids[i % len(user_ids)], k=k)
+def make_recommend(user_ids: list[str], k: int = 10, features: common_pb2.UserFeatures | None = None
+                   ) -> Callable[[int], gateway_pb2.RecommendRequest]:
+    """Requests cycling over ``user_ids``; with ``features`` each also describes its user, which makes the
+    gateway ask the query tier (a known user's id alone is answered by the index)."""
+    return lambda i: gateway_pb2.RecommendRequest(user_id=user_ids[i % len(user_ids)], k=k, user_features=features)
 
 
 async def _drive(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from procs import Service, running
-from recsys.v1 import gateway_pb2 as pb, gateway_pb2_grpc
+from recsys.v1 import common_pb2, gateway_pb2 as pb, gateway_pb2_grpc
 from serving import bundle
 
 pytestmark = pytest.mark.slow
@@ -100,8 +100,9 @@ def test_peer_down_is_unavailable_not_a_hang(live_stack):
         with grpc.insecure_channel(gateway.address) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
             start = time.monotonic()
-            with pytest.raises(grpc.RpcError) as err:
-                stub.Recommend(pb.RecommendRequest(user_id="1", k=5), timeout=10)
+            with pytest.raises(grpc.RpcError) as err:  # a new user described by features needs the query tier
+                stub.Recommend(pb.RecommendRequest(user_id="new", k=5, user_features=common_pb2.UserFeatures(age=30)),
+                               timeout=10)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "query service" in err.value.details()
             assert time.monotonic() - start < 5

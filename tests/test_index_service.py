@@ -120,8 +120,13 @@ def test_exact_mode_agrees(index, items):
         (pb.SearchRequest(queries=[pb.Query(vector=[1.0] * 32, most_popular=True)]), grpc.StatusCode.INVALID_ARGUMENT, "not both"),
         (pb.SearchRequest(queries=[pb.Query(vector=[1.0] * 32)], model_version="7"), grpc.StatusCode.FAILED_PRECONDITION, "loaded: 1"),
         (pb.SearchRequest(queries=[pb.Query(vector=[1.0] * 32)], model_version="v2"), grpc.StatusCode.INVALID_ARGUMENT, "positive integer"),
+        (pb.SearchRequest(queries=[pb.Query(user_id="3", lookup_user_vector=True, vector=[1.0] * 32)]),
+         grpc.StatusCode.INVALID_ARGUMENT, "leave vector and most_popular unset"),
+        (pb.SearchRequest(queries=[pb.Query(lookup_user_vector=True)]), grpc.StatusCode.INVALID_ARGUMENT,
+         "needs the user_id"),
     ],
-    ids=["empty", "k-negative", "k-too-big", "wrong-dim", "nan", "vector-and-popular", "unknown-version", "bad-version"],
+    ids=["empty", "k-negative", "k-too-big", "wrong-dim", "nan", "vector-and-popular", "unknown-version", "bad-version",
+         "lookup-and-vector", "lookup-without-user"],
 )
 def test_bad_requests_get_clear_errors(index, request_, code, message):
     with pytest.raises(grpc.RpcError) as err:
@@ -148,3 +153,55 @@ def test_not_serving_until_a_model_appears_then_reload(tmp_path):
             assert status.service == "recsys.internal.v1.IndexService" and status.num_shards == 1
     finally:
         assert svc.stop() == 0
+
+
+def test_known_users_are_searched_with_the_vectors_of_the_version_searched(tmp_path):
+    """Issue 19: the index looks a known user's vector up itself, always in the bundle whose items it searches,
+    and two shards answer what one index does."""
+    base = tmp_path / "models"
+    for seed in (11, 12):  # versions 1 and 2: other items and other user vectors
+        write_item_bundle(base, n_items=300, n_users=20, seed=seed)
+    write_item_bundle(base, n_items=300, n_users=20, seed=13, with_user_vectors=False)  # version 3: none shipped
+    tables = {}
+    for version in ("1", "2"):
+        path = base / version
+        manifest = bundle.read_manifest(path)
+        tables[version] = (bundle.load_items(path, manifest), bundle.load_users(path, manifest))
+    common = ["--model-base", str(base), "--poll-interval", "0", "--keep-versions", "3"]
+    single = Service("index_service", common)
+    shards = [Service("index_service", [*common, "--shard-index", str(s), "--num-shards", "2"]) for s in range(2)]
+    with running(single, *shards):
+        stubs = {svc: index_service_pb2_grpc.IndexServiceStub(grpc.insecure_channel(svc.address))
+                 for svc in (single, *shards)}
+        for version in ("1", "2"):
+            items, users = tables[version]
+            for user_id in ("3", "17"):
+                vector = users.vectors[users.row_of[user_id]]
+                seen = users.seen_item_ids(user_id)
+                for exclude_seen in (False, True):
+                    request = pb.SearchRequest(queries=[pb.Query(user_id=user_id, lookup_user_vector=True,
+                                                                 exclude_seen=exclude_seen)], k=10,
+                                               model_version=version)
+                    expected = exact_top(items, vector, 10, seen if exclude_seen else ())[0]
+                    answer = stubs[single].Search(request, timeout=10)
+                    assert answer.model_version == version
+                    assert answer.results[0].user_lookup == pb.USER_LOOKUP_FOUND
+                    assert list(answer.results[0].item_ids) == expected
+                    # The shards: each answers its own part of the same top 10, from the same version's vector.
+                    merged = []
+                    for shard in shards:
+                        part = stubs[shard].Search(request, timeout=10)
+                        assert part.model_version == version and part.results[0].user_lookup == pb.USER_LOOKUP_FOUND
+                        merged += zip(part.results[0].scores, part.results[0].item_ids)
+                    assert [i for _, i in sorted(merged, key=lambda p: -p[0])[:10]] == expected
+        # A user the version does not know: the most popular items, flagged.
+        items, _ = tables["2"]
+        stranger = stubs[single].Search(pb.SearchRequest(queries=[pb.Query(user_id="nobody", lookup_user_vector=True)],
+                                                         k=5, model_version="2"), timeout=10).results[0]
+        assert stranger.user_lookup == pb.USER_LOOKUP_UNKNOWN_USER
+        assert list(stranger.item_ids) == [items.ids[r] for r in bundle.popularity_order(items)[:5]]
+        # The newest version holds no user vectors: no answer from a guess, the caller is told to embed.
+        newest = stubs[single].Search(pb.SearchRequest(queries=[pb.Query(user_id="3", lookup_user_vector=True)], k=5),
+                                      timeout=10)
+        assert newest.model_version == "3"
+        assert newest.results[0].user_lookup == pb.USER_LOOKUP_NOT_IN_BUNDLE and not newest.results[0].item_ids

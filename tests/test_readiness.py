@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from procs import REPO, Service, free_port, health_status, running, service_env, stack
-from recsys.v1 import gateway_pb2 as pb, gateway_pb2_grpc
+from recsys.v1 import common_pb2, gateway_pb2 as pb, gateway_pb2_grpc
 from stack_fixtures import load_bundle
 
 pytestmark = pytest.mark.slow
@@ -87,8 +87,9 @@ def test_a_deadline_that_expires_while_a_tier_starts_names_the_tier(trained_mode
             with grpc.insecure_channel(gateway.address) as channel:
                 stub = gateway_pb2_grpc.GatewayStub(channel)
                 started = time.monotonic()
-                with pytest.raises(grpc.RpcError) as err:
-                    stub.Recommend(pb.RecommendRequest(user_id="1"), timeout=1)
+                with pytest.raises(grpc.RpcError) as err:  # a new user described by features needs the query tier
+                    stub.Recommend(pb.RecommendRequest(user_id="new", user_features=common_pb2.UserFeatures(age=30)),
+                                   timeout=1)
                 elapsed = time.monotonic() - started
         finally:
             gateway.stop()
@@ -111,7 +112,8 @@ def test_a_tier_gone_past_its_restart_window_fails_fast_naming_it(trained_model_
                 for _ in range(5):
                     started = time.monotonic()
                     with pytest.raises(grpc.RpcError) as err:
-                        stub.Recommend(pb.RecommendRequest(user_id="1"), timeout=10)
+                        stub.Recommend(pb.RecommendRequest(user_id="new", user_features=common_pb2.UserFeatures(age=30)),
+                                       timeout=10)
                     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
                     assert "query service" in err.value.details() and dead_query in err.value.details()
                     assert time.monotonic() - started < 0.5

@@ -159,6 +159,10 @@ def fake(delay=0.0, fail_code=""):
     return Service("fake_peer", ["--delay", str(delay), "--fail-code", fail_code])
 
 
+# A user described by features: the gateway must ask the query tier (a known user's id alone goes to the index).
+NEW_USER = pb.RecommendRequest(user_id="new-user", user_features=common_pb2.UserFeatures(age=30))
+
+
 def test_slow_peer_gives_deadline_exceeded_within_the_deadline():
     peer = fake(delay=5)
     gateway = Service("gateway", ["--query-target", peer.address, "--index-targets", peer.address])
@@ -179,7 +183,7 @@ def test_failing_peer_is_unavailable_without_a_retry_storm(fail_code, retried):
         with grpc.insecure_channel(gateway.address) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
             for _ in range(50):
-                code, details = code_of(lambda: stub.Recommend(pb.RecommendRequest(user_id="1"), timeout=5))
+                code, details = code_of(lambda: stub.Recommend(NEW_USER, timeout=5))
                 assert code == grpc.StatusCode.UNAVAILABLE and "query service" in details
         with grpc.insecure_channel(peer.address) as channel:
             calls = admin_pb2_grpc.ModelAdminStub(channel).GetModelStatus(
@@ -200,12 +204,12 @@ def test_sigterm_finishes_accepted_requests_then_exits_zero():
         def call():
             with grpc.insecure_channel(gateway.address) as channel:
                 results.append(code_of(lambda: gateway_pb2_grpc.GatewayStub(channel).Recommend(
-                    pb.RecommendRequest(user_id="1"), timeout=10))[0])
+                    NEW_USER, timeout=10))[0])
 
         threads = [threading.Thread(target=call) for _ in range(20)]
         for t in threads:
             t.start()
-        time.sleep(0.3)  # all 20 are in flight: each spends 2 x 0.5 s at the slow peer
+        time.sleep(0.3)  # all 20 are in flight: each spends 2 x 0.5 s at the slow peer (EmbedUsers, Search)
         gateway.signal(signal.SIGTERM)
         for t in threads:
             t.join(15)

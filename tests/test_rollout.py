@@ -181,8 +181,14 @@ def test_no_common_version_fails_clearly(model_base, tmp_path):
     gateway = Service("gateway", ["--query-target", query.address, "--index-targets", index.address])
     with running(query, index, gateway):
         with grpc.insecure_channel(gateway.address) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            # A known user needs the index alone, which searches with its own version's user vectors.
+            answer = stub.Recommend(pb.RecommendRequest(user_id=user_ids(model_base)[0]), timeout=10)
+            assert answer.model_version == "1" and not answer.fallback
+            # A user described by features needs both tiers, which hold no version in common.
             with pytest.raises(grpc.RpcError) as err:
-                gateway_pb2_grpc.GatewayStub(channel).Recommend(pb.RecommendRequest(user_id="1"), timeout=10)
+                stub.Recommend(pb.RecommendRequest(user_id="new", user_features=common_pb2.UserFeatures(age=30)),
+                               timeout=10)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "no model version is loaded on both tiers" in err.value.details()
 

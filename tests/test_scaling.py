@@ -100,8 +100,9 @@ def test_killing_a_query_replica_under_load_fails_nothing(live_stack):
     gateway = Service("gateway", ["--query-target", "ipv4:" + ",".join(r.address for r in replicas),
                                   "--index-targets", live_stack.index.address])
     users = live_stack.users.ids.tolist()
+    via_query = make_recommend(users, features=common_pb2.UserFeatures(age=30))  # so that every call needs the query tier
     with running(*replicas, gateway):
-        load = LoadInBackground(gateway.address, total=3000, concurrency=8, make_request=make_recommend(users))
+        load = LoadInBackground(gateway.address, total=3000, concurrency=8, make_request=via_query)
         load.start()
         killed_at = load.wait_for_calls(800)
         replicas[0].signal(signal.SIGKILL)
@@ -115,8 +116,8 @@ def test_killing_a_query_replica_under_load_fails_nothing(live_stack):
             deadline = time.monotonic() + 15
             while searches_served(ports[0], "/recsys.internal.v1.QueryService/EmbedUsers") <= before:
                 assert time.monotonic() < deadline, "restarted query replica never got traffic"
-                stub.Recommend(pb.RecommendRequest(user_id=users[0]), timeout=10)
-        after = LoadInBackground(gateway.address, total=1500, concurrency=8, make_request=make_recommend(users))
+                stub.Recommend(via_query(0), timeout=10)
+        after = LoadInBackground(gateway.address, total=1500, concurrency=8, make_request=via_query)
         after = after.start().join()
     figures = {
         "sent": len(during.calls) + len(after.calls),

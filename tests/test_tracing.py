@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from procs import Service, running
-from recsys.v1 import gateway_pb2 as pb, gateway_pb2_grpc
+from recsys.v1 import common_pb2, gateway_pb2 as pb, gateway_pb2_grpc
 from serving import tracing
 
 
@@ -86,9 +86,10 @@ def test_one_recommend_is_one_trace_across_four_processes(live_stack, tmp_path):
     # The caller's own span, as a W3C traceparent: the trace must continue it.
     trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
     with running(query, *shards, gateway), grpc.insecure_channel(gateway.address) as channel:
+        # With features the request goes through the query tier too (a known user's id alone needs only the index).
         response = gateway_pb2_grpc.GatewayStub(channel).Recommend(
-            pb.RecommendRequest(user_id=live_stack.users.ids[0], k=5), timeout=10,
-            metadata=(("traceparent", f"00-{trace_id}-{caller_span}-01"),),
+            pb.RecommendRequest(user_id=live_stack.users.ids[0], k=5, user_features=common_pb2.UserFeatures(age=30)),
+            timeout=10, metadata=(("traceparent", f"00-{trace_id}-{caller_span}-01"),),
         )
         assert len(response.items) == 5
         # A caller that did not sample its trace: no process records it (parent-based sampling).

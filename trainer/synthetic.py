@@ -161,6 +161,7 @@ def write_synthetic_bundle(model_base: Path, config: SyntheticConfig) -> Path:
             "user_ids": user_ids,
             "seen_indptr": seen_indptr,
             "seen_items": seen_items,
+            "user_embeddings": user_vectors[1:].astype(np.float32),  # the lookup tower's rows of user_ids
         }.items():
             staging.save_array(name, array)
         scann = ann.write_searcher(staging.path, item_embeddings)

@@ -475,6 +475,7 @@ def train(ds: Dataset, config: TrainConfig, model_base: Path, verbose: int = 2, 
             "user_ids": ds.users.ids[user_rows].astype(str),
             "seen_indptr": local_seen.splits,
             "seen_items": local_seen.values,
+            "user_embeddings": user_vectors.astype(np.float32),  # what serving_default returns for user_ids, for the index's lookup
         }.items():
             staging.save_array(name, array)
         seconds = time.monotonic() - started

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recsys.v1 import common_pb2 as recsys_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&recsys/internal/v1/index_service.proto\x12\x12recsys.internal.v1\x1a\x16recsys/v1/common.proto\"\x9c\x01\n\x05Query\x12\x0e\n\x06vector\x18\x01 \x03(\x02\x12\x18\n\x10\x65xclude_item_ids\x18\x02 \x03(\t\x12\x14\n\x0cmost_popular\x18\x03 \x01(\x08\x12,\n\x0cgenre_filter\x18\x04 \x01(\x0b\x32\x16.recsys.v1.GenreFilter\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\x14\n\x0c\x65xclude_seen\x18\x06 \x01(\x08\"l\n\rSearchRequest\x12*\n\x07queries\x18\x01 \x03(\x0b\x32\x19.recsys.internal.v1.Query\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05\x65xact\x18\x04 \x01(\x08\"@\n\x0cSearchResult\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x0e\n\x06titles\x18\x03 \x03(\t\"\x83\x01\n\x0eSearchResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .recsys.internal.v1.SearchResult\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x13\n\x0bshard_index\x18\x03 \x01(\x05\x12\x12\n\nnum_shards\x18\x04 \x01(\x05\"C\n\x18GetItemEmbeddingsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"N\n\rItemEmbedding\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x0e\n\x06values\x18\x03 \x03(\x02\x12\r\n\x05title\x18\x04 \x01(\t\"d\n\x19GetItemEmbeddingsResponse\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.recsys.internal.v1.ItemEmbedding\x12\x15\n\rmodel_version\x18\x02 \x01(\t2\xd1\x01\n\x0cIndexService\x12O\n\x06Search\x12!.recsys.internal.v1.SearchRequest\x1a\".recsys.internal.v1.SearchResponse\x12p\n\x11GetItemEmbeddings\x12,.recsys.internal.v1.GetItemEmbeddingsRequest\x1a-.recsys.internal.v1.GetItemEmbeddingsResponseB%Z#recsys/internal/v1;recsysinternalv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&recsys/internal/v1/index_service.proto\x12\x12recsys.internal.v1\x1a\x16recsys/v1/common.proto\"\xb8\x01\n\x05Query\x12\x0e\n\x06vector\x18\x01 \x03(\x02\x12\x18\n\x10\x65xclude_item_ids\x18\x02 \x03(\t\x12\x14\n\x0cmost_popular\x18\x03 \x01(\x08\x12,\n\x0cgenre_filter\x18\x04 \x01(\x0b\x32\x16.recsys.v1.GenreFilter\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\x14\n\x0c\x65xclude_seen\x18\x06 \x01(\x08\x12\x1a\n\x12lookup_user_vector\x18\x07 \x01(\x08\"l\n\rSearchRequest\x12*\n\x07queries\x18\x01 \x03(\x0b\x32\x19.recsys.internal.v1.Query\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05\x65xact\x18\x04 \x01(\x08\"u\n\x0cSearchResult\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x0e\n\x06titles\x18\x03 \x03(\t\x12\x33\n\x0buser_lookup\x18\x04 \x01(\x0e\x32\x1e.recsys.internal.v1.UserLookup\"\x83\x01\n\x0eSearchResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .recsys.internal.v1.SearchResult\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x13\n\x0bshard_index\x18\x03 \x01(\x05\x12\x12\n\nnum_shards\x18\x04 \x01(\x05\"C\n\x18GetItemEmbeddingsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"N\n\rItemEmbedding\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x0e\n\x06values\x18\x03 \x03(\x02\x12\r\n\x05title\x18\x04 \x01(\t\"d\n\x19GetItemEmbeddingsResponse\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.recsys.internal.v1.ItemEmbedding\x12\x15\n\rmodel_version\x18\x02 \x01(\t*}\n\nUserLookup\x12\x1b\n\x17USER_LOOKUP_UNSPECIFIED\x10\x00\x12\x15\n\x11USER_LOOKUP_FOUND\x10\x01\x12\x1c\n\x18USER_LOOKUP_UNKNOWN_USER\x10\x02\x12\x1d\n\x19USER_LOOKUP_NOT_IN_BUNDLE\x10\x03\x32\xd1\x01\n\x0cIndexService\x12O\n\x06Search\x12!.recsys.internal.v1.SearchRequest\x1a\".recsys.internal.v1.SearchResponse\x12p\n\x11GetItemEmbeddings\x12,.recsys.internal.v1.GetItemEmbeddingsRequest\x1a-.recsys.internal.v1.GetItemEmbeddingsResponseB%Z#recsys/internal/v1;recsysinternalv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,20 +33,22 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.internal.v1.index_se
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z#recsys/internal/v1;recsysinternalv1'
+  _globals['_USERLOOKUP']._serialized_start=887
+  _globals['_USERLOOKUP']._serialized_end=1012
   _globals['_QUERY']._serialized_start=87
-  _globals['_QUERY']._serialized_end=243
-  _globals['_SEARCHREQUEST']._serialized_start=245
-  _globals['_SEARCHREQUEST']._serialized_end=353
-  _globals['_SEARCHRESULT']._serialized_start=355
-  _globals['_SEARCHRESULT']._serialized_end=419
-  _globals['_SEARCHRESPONSE']._serialized_start=422
-  _globals['_SEARCHRESPONSE']._serialized_end=553
-  _globals['_GETITEMEMBEDDINGSREQUEST']._serialized_start=555
-  _globals['_GETITEMEMBEDDINGSREQUEST']._serialized_end=622
-  _globals['_ITEMEMBEDDING']._serialized_start=624
-  _globals['_ITEMEMBEDDING']._serialized_end=702
-  _globals['_GETITEMEMBEDDINGSRESPONSE']._serialized_start=704
-  _globals['_GETITEMEMBEDDINGSRESPONSE']._serialized_end=804
-  _globals['_INDEXSERVICE']._serialized_start=807
-  _globals['_INDEXSERVICE']._serialized_end=1016
+  _globals['_QUERY']._serialized_end=271
+  _globals['_SEARCHREQUEST']._serialized_start=273
+  _globals['_SEARCHREQUEST']._serialized_end=381
+  _globals['_SEARCHRESULT']._serialized_start=383
+  _globals['_SEARCHRESULT']._serialized_end=500
+  _globals['_SEARCHRESPONSE']._serialized_start=503
+  _globals['_SEARCHRESPONSE']._serialized_end=634
+  _globals['_GETITEMEMBEDDINGSREQUEST']._serialized_start=636
+  _globals['_GETITEMEMBEDDINGSREQUEST']._serialized_end=703
+  _globals['_ITEMEMBEDDING']._serialized_start=705
+  _globals['_ITEMEMBEDDING']._serialized_end=783
+  _globals['_GETITEMEMBEDDINGSRESPONSE']._serialized_start=785
+  _globals['_GETITEMEMBEDDINGSRESPONSE']._serialized_end=885
+  _globals['_INDEXSERVICE']._serialized_start=1015
+  _globals['_INDEXSERVICE']._serialized_end=1224
 # @@protoc_insertion_point(module_scope)
