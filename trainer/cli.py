@@ -15,12 +15,13 @@ from pathlib import Path
 
 from trainer.config import (
     AUTO,
-    BATCH_SIZES,
     CATALOG_SOFTMAX_MAX_ITEMS,
     EASE_MEMORY_BUDGET_BYTES,
     INITS,
     LEARNING_RATES,
     NEGATIVES,
+    OPTIMIZERS,
+    STEP_SETTINGS,
     ModelConfig,
     TrainConfig,
 )
@@ -34,6 +35,11 @@ EXIT_INPUT_ERROR = 2
 
 def _model_base_default() -> str:
     return os.environ.get("MODEL_BASE") or DEFAULT_MODEL_BASE
+
+
+def _by_negatives(setting: str) -> str:
+    """Help text: the default of a trainer.config.StepSettings field per kind of negatives."""
+    return "default " + ", ".join(f"{getattr(v, setting)} with --negatives {k}" for k, v in STEP_SETTINGS.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,16 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=train_defaults.epochs, help="maximum epochs (default %(default)s)")
     train.add_argument("--patience", type=int, default=train_defaults.patience,
                        help="epochs without validation improvement before stopping (default %(default)s)")
-    train.add_argument("--batch-size", type=int, default=None,
-                       help="default " + ", ".join(f"{v} with --negatives {k}" for k, v in BATCH_SIZES.items()))
+    train.add_argument("--batch-size", type=int, default=None, help=_by_negatives("batch_size"))
     train.add_argument("--learning-rate", type=float, default=None,
-                       help="AdamW; default " + ", ".join(f"{v:g} with --init {k}" for k, v in LEARNING_RATES.items()))
-    train.add_argument("--weight-decay", type=float, default=train_defaults.weight_decay, help="AdamW, default %(default)s")
+                       help="default " + ", ".join(f"{v:g} with --init {k}" for k, v in LEARNING_RATES.items()))
+    train.add_argument("--weight-decay", type=float, default=train_defaults.weight_decay,
+                       help="decoupled (AdamW) weight decay; it updates every row of every table each step "
+                            "(default %(default)s)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                       help="lazy_adam updates only the embedding rows a batch uses; " + _by_negatives("optimizer"))
+    train.add_argument("--steps-per-execution", type=int, default=None,
+                       help="training steps per call into the TensorFlow graph; " + _by_negatives("steps_per_execution"))
     train.add_argument("--embedding-dim", type=int, default=model_defaults.embedding_dim,
                        help="output size of both towers (default %(default)s)")
     train.add_argument("--history-length", type=int, default=model_defaults.history_length,
-                       help="history items sampled per training example; users with fewer keep all "
-                            "(default %(default)s)")
+                       help="history items sampled per training example; users with fewer keep all; "
+                            + _by_negatives("history_length"))
     train.add_argument("--history-dropout", type=float, default=model_defaults.history_dropout,
                        help="share of each example's sampled history dropped (default %(default)s)")
     train.add_argument("--negatives", choices=(AUTO, *NEGATIVES), default=model_defaults.negatives,
@@ -74,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                             f"correction; auto: catalog up to {CATALOG_SOFTMAX_MAX_ITEMS:,} items "
                             f"(default %(default)s)")
     train.add_argument("--in-batch-negatives", type=int, default=model_defaults.in_batch_negatives,
-                       help="--negatives in_batch: negatives per batch, shared by its queries (default %(default)s)")
+                       help="--negatives in_batch: negatives per batch, shared by its queries (default "
+                            f"{STEP_SETTINGS['in_batch'].in_batch_negatives})")
     train.add_argument("--mask-seen", action=argparse.BooleanOptionalAction, default=model_defaults.mask_seen,
                        help="catalog softmax: leave each user's other training items out of it (default %(default)s)")
     train.add_argument("--logq-weight", type=float, default=model_defaults.logq_weight,
@@ -193,9 +205,9 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"{args.model_base} already holds version {max(versions)}; --if-missing: not training")
         return 0
 
-    for name in ("epochs", "embedding_dim", "history_length", "in_batch_negatives"):
+    for name in ("epochs", "embedding_dim"):
         _positive(name.replace("_", "-"), getattr(args, name))
-    for name in ("learning_rate", "batch_size"):
+    for name in ("learning_rate", "batch_size", "history_length", "in_batch_negatives", "steps_per_execution"):
         if getattr(args, name) is not None:
             _positive(name.replace("_", "-"), getattr(args, name))
     _positive("ease-lambda", args.ease_lambda)
@@ -217,6 +229,8 @@ def run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
+        optimizer=args.optimizer,
+        steps_per_execution=args.steps_per_execution,
         refit=args.refit,
         model=ModelConfig(
             embedding_dim=args.embedding_dim,

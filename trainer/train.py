@@ -44,11 +44,20 @@ from serving import ann
 from serving.bundle import EVALUATION, USER_TOWER, BundleStaging
 from trainer import cold_start
 from trainer import evaluate as ev
-from trainer.config import BATCH_SIZES, LEARNING_RATES, ModelConfig, TrainConfig, choose_init, choose_negatives
+from trainer.config import (
+    LEARNING_RATES,
+    ModelConfig,
+    StepSettings,
+    TrainConfig,
+    choose_init,
+    choose_negatives,
+    step_settings,
+)
 from trainer.dataset import Csr, Dataset
 from trainer.export import ITEM_TOWER, ITEMS_SIGNATURE, item_feature_inputs, save_item_tower, save_user_tower
 from trainer.features import empty_columns, feature_columns, feature_specs, seen_csr
 from trainer.model import HISTORY_MEAN, ITEM, KNOWN_USER, CandidateTower, QueryTower, TwoTowerModel
+from trainer.optimizers import make_optimizer
 from trainer.pipeline import TrainingLog, make_dataset, pooled_histories, training_log
 from trainer.warm_start import blockwise_gram, ease_warm_start, ease_weights
 
@@ -252,6 +261,7 @@ class Fitted:
     init: str
     learning_rate: float
     batch_size: int
+    step: StepSettings  # the step settings as resolved (trainer.config.step_settings)
     seconds: float
     interactions_trained: int  # examples passed through the model, over every epoch and worker
     new_users: cold_start.NewUserPath
@@ -314,13 +324,14 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
     negatives = choose_negatives(config.model.negatives, item_count)
     init = choose_init(config.model.init, item_count)
     learning_rate = config.learning_rate or LEARNING_RATES[init]
-    batch_size = config.batch_size or BATCH_SIZES[negatives]
-    model_config = dataclasses.replace(config.model, negatives=negatives, init=init)
+    config, step = step_settings(config, negatives)
+    batch_size = step.batch_size
+    model_config = dataclasses.replace(config.model, init=init)
     if init == "ease":  # the EASE factors are the history and item-id tables, passed through unchanged
         model_config = dataclasses.replace(model_config, history_dim=model_config.embedding_dim,
                                            item_id_dim=model_config.embedding_dim)
-    log(f"{item_count:,} items: negatives {negatives}, init {init}, learning rate {learning_rate:g}, batch {batch_size}"
-        f"{' (auto)' if config.model.negatives == 'auto' or config.model.init == 'auto' else ''}")
+    log(f"{item_count:,} items: negatives {negatives}, init {init}, learning rate {learning_rate:g}, batch {batch_size}, "
+        f"history {step.history_length}, optimizer {step.optimizer}, {step.steps_per_execution} step(s) per execution")
 
     user_specs, item_specs = feature_specs(ds.users), feature_specs(ds.items)
     user_columns, item_columns = feature_columns(ds.users, user_specs), feature_columns(ds.items, item_specs)
@@ -336,7 +347,8 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
         if negatives == "catalog":
             catalog = {**item_columns, ITEM: np.arange(1, item_count + 1, dtype=np.int32)}
         model = TwoTowerModel(query, candidate, model_config, catalog)
-        model.compile(optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay))
+        model.compile(optimizer=make_optimizer(step.optimizer, learning_rate, config.weight_decay),
+                      steps_per_execution=step.steps_per_execution)
         return Towers(model_config, user_specs, item_specs, user_columns, item_columns, query, candidate), model
 
     if strategy is None:
@@ -403,7 +415,7 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
     new_items = cold_start.fit_new_item_path(towers, train_users, train_items, train_stamps, user_count, item_count,
                                              batch_size, model_config.history_length, config.seed, strategy,
                                              0, log)
-    return Fitted(towers, history, best_epoch, initial, refit, negatives, init, learning_rate, batch_size,
+    return Fitted(towers, history, best_epoch, initial, refit, negatives, init, learning_rate, batch_size, step,
                   time.monotonic() - started, trained, new_users, new_items)
 
 
@@ -553,10 +565,12 @@ def _training_record(ds: Dataset, split: Split, config: TrainConfig, fitted: Fit
         "batch_size": fitted.batch_size,
         "learning_rate": fitted.learning_rate,
         "weight_decay": config.weight_decay,
-        "optimizer": "AdamW",
+        "optimizer": fitted.step.optimizer,
+        "steps_per_execution": fitted.step.steps_per_execution,
         "negatives": fitted.negatives,
         "init": fitted.init,
-        "model": {**dataclasses.asdict(config.model), "negatives": fitted.negatives, "init": fitted.init},
+        "model": {**dataclasses.asdict(config.model), "negatives": fitted.negatives, "init": fitted.init,
+                  "history_length": fitted.step.history_length, "in_batch_negatives": fitted.step.in_batch_negatives},
         "new_user_path": dataclasses.asdict(fitted.new_users),
         "new_item_path": dataclasses.asdict(fitted.new_items),
         "workers": strategy.num_replicas_in_sync if strategy is not None else 1,
