@@ -45,9 +45,12 @@ MAX_HELD_OUT = 2000  # ... at most this many
 # Training examples per phase (a seeded sample of a larger log): the paths have few weights (the
 # features' tables and a projection), so a large log's phases cost a bounded share of its run.
 MAX_EXAMPLES = 250_000
+# The L2 grid and the sparse-feature variants are all trained while examples x runs stay within
+# this; beyond, one run (the middle L2, every feature).
+GRID_EXAMPLES = 400_000
 STEPS_PER_EXECUTION = 8  # training steps per call into the graph (amortises Keras's per-step overhead)
 # L2 per example on the path's embeddings and kernel (not its bias), chosen on the held-out
-# users / items among these while the examples times the grid stay within MAX_EXAMPLES; else the middle one.
+# users / items among these while the examples times the runs stay within GRID_EXAMPLES; else the middle one.
 NEW_USER_L2_GRID = (1e-2, 1e-1)
 NEW_ITEM_L2_GRID = (1e-4, 1e-3)
 # Features with few examples per value (text, and categorical ones with more values than this)
@@ -174,11 +177,11 @@ def _train_path(towers, layers: list, mask: tf.Variable, specs: tuple, grid: tup
     """Trains ``layers`` once per L2 of ``grid`` and feature set (all features; without the
     sparse ones, if any), each from the same start and early-stopped on ``score``; keeps the
     best run's best epoch and sets ``mask`` to its features. On a large log (examples x runs
-    above MAX_EXAMPLES) only the middle L2 with all features."""
+    above GRID_EXAMPLES) only the middle L2 with all features."""
     sparse = tuple(s.name for s in specs if _sparse(s))
     feature_sets = [()] + ([sparse] if sparse else [])
     runs = [(l2, left_out) for left_out in feature_sets for l2 in grid]
-    if len(log_data) * len(runs) > MAX_EXAMPLES:
+    if len(log_data) * len(runs) > GRID_EXAMPLES:
         runs = [(grid[len(grid) // 2], ())]
     start = [layer.get_weights() for layer in layers]
     best, scores = None, {}
