@@ -30,7 +30,7 @@ class StepSettings:
 
 
 # The catalog softmax (small catalogs) was tuned on ml-100k. The in-batch softmax is for large
-# logs and catalogs, where the step's cost is the budget (docs/training_speed.md): a larger batch
+# logs and catalogs, where the step's cost is the budget (README, "Training at scale"): a larger batch
 # gives fewer steps; 32 history items and 256 shared negatives cost half and a quarter of 64 and
 # 1,024; lazy Adam updates only the embedding rows a batch uses; 16 steps per call amortise
 # Keras's per-step overhead.
