@@ -429,10 +429,11 @@ def _calibrate(towers, queries, seen: Csr, held, held_inputs, is_held, items, lo
     known_top = np.full((len(users), k), -np.inf, np.float32)
     held_top = np.full((len(users), k), -np.inf, np.float32)
     step = max(1, (1 << 23) // len(item_vectors))
+    seen_lengths = seen.lengths()
     for start in range(0, len(users), step):
         block = users[start : start + step]
         scores = queries[block] @ item_vectors.T
-        lengths = seen.lengths()[block]
+        lengths = seen_lengths[block]
         scores[np.repeat(np.arange(len(block)), lengths),
                np.concatenate([seen.values[seen.splits[u]:seen.splits[u + 1]] for u in block])] = -np.inf
         scores[:, held] = -np.inf

@@ -131,7 +131,10 @@ def make_dataset(
 
     Each element is a TwoTowerModel batch (see there). The dataset runs through
     every epoch (pass ``steps_per_epoch`` to Keras): the permutation of epoch k
-    is seeded by (seed, k), so the run is reproducible and the workers agree.
+    is seeded by (seed, k), so every run and every worker visits the same
+    examples in the same order. The history sampling and dropout are not
+    repeatable: they draw from TensorFlow's stateful generator inside a parallel
+    ``map``, so which draw goes to which batch varies from run to run.
     """
     count = len(log)
     per_shard = count // shards
