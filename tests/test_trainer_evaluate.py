@@ -66,6 +66,27 @@ def test_chunking_does_not_change_the_result() -> None:
     assert whole[-1] == pytest.approx(1.0 - np.mean([i in seen.values[seen.splits[u] : seen.splits[u + 1]] for u, i in zip(pair_users, pair_items)]))
 
 
+@pytest.mark.parametrize("chunk_scores", [1 << 23, 5 * 200])
+def test_top_k_ranking_equals_sorting_every_item_with_ties(chunk_scores: int) -> None:
+    """With max_k below the catalog size each pair is ranked within its user's top k;
+    integer vectors make many ties, at the k-th score too, and the ranks still equal
+    a full sort's (ties to the earlier row), seen items excluded or not."""
+    rng = np.random.default_rng(1)
+    users, items = rng.integers(-2, 3, size=(40, 3)).astype(np.float32), rng.integers(-2, 3, size=(200, 3)).astype(np.float32)
+    pair_users, pair_items = rng.integers(0, 40, 600), rng.integers(0, 200, 600)
+    seen = Csr.from_lists([sorted(set(rng.integers(0, 200, 30).tolist())) for _ in range(40)])
+    for excluded_lists in (None, seen):
+        got = ev.hit_rates(users, items, pair_users, pair_items, excluded_lists, max_k=10, chunk_scores=chunk_scores)
+        counts = np.zeros(11)
+        for u, i in zip(pair_users, pair_items):
+            row_seen = [] if excluded_lists is None else seen.values[seen.splits[u] : seen.splits[u + 1]]
+            excluded = np.zeros((1, 200), dtype=bool)
+            excluded[0, row_seen] = True
+            rank = 10 if i in row_seen else ev.rank_positions((users[u] @ items.T)[None, :], excluded)[0, i]
+            counts[min(rank, 10)] += 1
+        np.testing.assert_allclose(got, np.cumsum(counts[:10]) / len(pair_users))
+
+
 def test_report_holds_both_protocols_for_model_and_popularity(tmp_path: Path) -> None:
     data = ev.EvaluationSet(pair_users=PAIR_USERS, pair_items=PAIR_ITEMS, seen=SEEN, popularity=POPULARITY)
     users = np.ones((2, 1), dtype=np.float32)

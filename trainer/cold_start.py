@@ -37,6 +37,7 @@ import tf_keras as keras
 from trainer import evaluate as ev
 from trainer.config import ModelConfig
 from trainer.dataset import CATEGORICAL, MULTI, TEXT, Csr
+from trainer.features import rows_present, seen_csr
 from trainer.model import HISTORY, HISTORY_MEAN, ITEM, KNOWN_USER, TwoTowerModel
 from trainer.pipeline import TrainingLog, make_dataset, pooled_histories, training_log
 
@@ -234,9 +235,7 @@ def _csr_of(users: np.ndarray, items: np.ndarray, rows: np.ndarray) -> Csr:
     """Each of ``rows``' (user rows) distinct items among the pairs (users, items): a Csr over ``rows``."""
     local = np.searchsorted(rows, users)
     inside = (local < len(rows)) & (rows[np.minimum(local, len(rows) - 1)] == users)
-    pairs = np.unique(np.stack([local[inside], items[inside]], axis=1), axis=0)
-    splits = np.concatenate([[0], np.cumsum(np.bincount(pairs[:, 0], minlength=len(rows)))]).astype(np.int64)
-    return Csr(splits=splits, values=pairs[:, 1].astype(np.int32))
+    return seen_csr(local[inside], items[inside], len(rows))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +252,7 @@ def fit_new_user_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.n
                       log=print) -> NewUserPath:
     """Trains the query tower's features path (see the module doc) on the training
     interactions (user rows, item rows, timestamps); returns what it chose and scored."""
-    held = _held_out(np.unique(users), seed + 1000)
+    held = _held_out(rows_present(users, user_count), seed + 1000)
     trained_rows = _sample_rows(np.flatnonzero(~np.isin(users, held)), seed)
     log_data = _log_of(users, items, stamps, trained_rows, towers, user_count, item_count)
     held_rows = np.flatnonzero(np.isin(users, held))
@@ -357,21 +356,21 @@ def fit_new_item_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.n
                       verbose: int = 0, log=print) -> NewItemPath:
     """Trains the candidate tower's metadata path and calibrates ``metadata_scale``
     (see the module doc) on the training interactions; returns what it chose and scored."""
-    held = _held_out(np.unique(items), seed + 2000)
+    held = _held_out(rows_present(items, item_count), seed + 2000)
     is_held = np.zeros(item_count, dtype=bool)
     is_held[held] = True
     trained_rows = _sample_rows(np.flatnonzero(~is_held[items]), seed)
     log_data = _log_of(users, items, stamps, trained_rows, towers, user_count, item_count)
     # Known users as they would be if the held-out items were new: histories without them.
-    user_rows = np.unique(users)
+    user_rows = rows_present(users, user_count)
     seen = _csr_of(users[trained_rows], items[trained_rows], user_rows)
     table = towers.query.history_embedding.embeddings.numpy()
     queries = towers.query({**{n: c[user_rows] for n, c in towers.user_columns.items()},
                             HISTORY_MEAN: pooled_histories(seen, np.arange(len(user_rows)), table),
                             KNOWN_USER: np.ones(len(user_rows), np.float32)}).numpy()
-    held_pairs = np.unique(np.stack([np.searchsorted(user_rows, users[is_held[items]]), items[is_held[items]]], axis=1),
-                           axis=0)
-    pair_users, pair_items = _sample_pairs(held_pairs[:, 0], np.searchsorted(held, held_pairs[:, 1]), seed + 2001)
+    held_pairs = seen_csr(np.searchsorted(user_rows, users[is_held[items]]), items[is_held[items]], len(user_rows))
+    pair_users = np.repeat(np.arange(len(user_rows)), held_pairs.lengths())
+    pair_users, pair_items = _sample_pairs(pair_users, np.searchsorted(held, held_pairs.values), seed + 2001)
     held_inputs = {**{n: c[held] for n, c in towers.item_columns.items()}, ITEM: np.zeros(len(held), np.int32)}
     # HR@10 and HR@50 among the held-out items (the research protocol), smaller K for a few items.
     k_small, k_large = min(10, max(1, len(held) // 10)), min(50, max(1, len(held) // 2))

@@ -41,6 +41,19 @@ def rank_positions(scores: np.ndarray, excluded: np.ndarray | None = None) -> np
     return positions
 
 
+def _top_k_lower_bound(scores: np.ndarray, k: int, groups_per_k: int = 8) -> np.ndarray:
+    """Per row of ``scores`` [u, n] (k < n), a score at or below its k-th largest: the k-th
+    largest of the maxima of ``groups_per_k`` x k column groups (cheaper than a partition
+    of the row, and unhurt by ties)."""
+    n = scores.shape[1]
+    groups = min(n, groups_per_k * k)
+    width = n // groups
+    maxima = scores[:, : groups * width].reshape(len(scores), groups, width).max(axis=2)
+    if groups * width < n:
+        maxima = np.concatenate([maxima, scores[:, groups * width :].max(axis=1, keepdims=True)], axis=1)
+    return np.partition(maxima, maxima.shape[1] - k, axis=1)[:, maxima.shape[1] - k]
+
+
 def hit_rates(
     user_vectors: np.ndarray,
     item_vectors: np.ndarray,
@@ -58,29 +71,46 @@ def hit_rates(
 
     A pair's rank is the number of (not excluded) items scoring above its item,
     plus those scoring the same at an earlier row; a held-out item the user also
-    has in ``seen`` is never a hit. Scored in chunks of at most ``chunk_scores``
-    user x item scores, so memory does not grow with users x items.
+    has in ``seen`` is never a hit. Each distinct user's row is scored once (a
+    user's pairs share it), and only the pairs that can rank within ``max_k``
+    are counted item by item; memory stays within ``chunk_scores`` user x item
+    scores.
     """
     if len(pair_users) == 0:
         raise ValueError("no held-out pairs to evaluate")
     item_count = len(item_vectors)
-    columns = np.arange(item_count)
+    k = min(max_k, item_count)
     counts = np.zeros(max_k + 1, dtype=np.int64)  # counts[r] pairs ranked r; counts[max_k] = beyond
+    order = np.argsort(pair_users, kind="stable")
+    pair_users, pair_items = np.asarray(pair_users)[order], np.asarray(pair_items)[order].astype(np.int64)
+    users, first = np.unique(pair_users, return_index=True)
+    bounds = np.append(first, len(pair_users))
     step = max(1, chunk_scores // max(item_count, 1))
-    for start in range(0, len(pair_users), step):
-        users, items = pair_users[start : start + step], pair_items[start : start + step]
-        scores = user_vectors[users] @ item_vectors.T
-        target = scores[np.arange(len(users)), items][:, None]
-        above = (scores > target) | ((scores == target) & (columns[None, :] < items[:, None]))
-        hit_possible = np.ones(len(users), dtype=bool)
+    for start in range(0, len(users), step):
+        block = users[start : start + step]
+        lo, hi = bounds[start], bounds[start + len(block)]
+        local, items = np.searchsorted(block, pair_users[lo:hi]), pair_items[lo:hi]
+        scores = user_vectors[block] @ item_vectors.T
+        hit_possible = np.ones(len(items), dtype=bool)
         if seen is not None:
-            lengths = seen.splits[users + 1] - seen.splits[users]
-            rows = np.repeat(np.arange(len(users)), lengths)
+            lengths = seen.splits[block + 1] - seen.splits[block]
+            rows = np.repeat(np.arange(len(block)), lengths)
             offsets = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            excluded = seen.values[np.repeat(seen.splits[users], lengths) + offsets]
-            above[rows, excluded] = False
-            hit_possible[rows[excluded == items[rows]]] = False
-        ranks = np.where(hit_possible, above.sum(axis=1), max_k)
+            excluded = seen.values[np.repeat(seen.splits[block], lengths) + offsets].astype(np.int64)
+            hit_possible = ~np.isin(local * item_count + items, rows * item_count + excluded)
+            scores[rows, excluded] = -np.inf  # never above a pair's (finite) score
+        target = scores[local, items]
+        ranks = np.full(len(items), max_k, dtype=np.int64)
+        candidates = np.arange(len(items))
+        if k < item_count:
+            # At least k items score at or above the k-th largest of the rows' group maxima
+            # (one per group), so a pair scoring below it ranks k or lower: beyond max_k.
+            candidates = np.flatnonzero(target >= _top_k_lower_bound(scores, k)[local])
+        columns = np.arange(item_count)
+        for part in np.array_split(candidates, max(1, len(candidates) * item_count // chunk_scores + 1)):
+            row, t, i = scores[local[part]], target[part][:, None], items[part][:, None]
+            ranks[part] = ((row > t) | ((row == t) & (columns[None, :] < i))).sum(axis=1)
+        ranks = np.where(hit_possible, ranks, max_k)
         counts += np.bincount(np.minimum(ranks, max_k), minlength=max_k + 1)
     return np.cumsum(counts[:max_k]) / len(pair_users)
 

