@@ -1,4 +1,4 @@
-"""The trainer's fast sorts and distinct sets give what numpy's general functions give."""
+"""The trainer's numpy shortcuts (sorts, distinct sets, score moments) give what the general computation gives."""
 
 from __future__ import annotations
 
@@ -31,3 +31,12 @@ def test_seen_csr_holds_each_users_distinct_items_sorted() -> None:
     seen = seen_csr(users, items, 25)
     for u in range(25):
         assert seen.values[seen.splits[u] : seen.splits[u + 1]].tolist() == sorted(set(items[users == u].tolist()))
+
+
+def test_score_spread_is_the_std_of_every_score() -> None:
+    import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TFRS is imported)
+    from trainer.cold_start import score_spread
+
+    rng = np.random.default_rng(3)
+    queries, items = rng.normal(size=(50, 8)) + 0.3, rng.normal(size=(300, 8)) * 2 - 0.1
+    assert score_spread(queries, items) == pytest.approx(float(np.std(queries @ items.T)), rel=1e-9)
