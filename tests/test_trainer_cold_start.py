@@ -123,12 +123,11 @@ def test_a_new_item_is_placed_by_its_category(planted) -> None:
     prefers_x = vectors @ new_x > vectors @ new_y
     assert prefers_x[likes_x].mean() > 0.9 and prefers_x[~likes_x].mean() < 0.1  # chance: 0.5
     # And, calibrated, it competes with the known items: above the other category's median item
-    # for most of the users who like its category (chance: 0.5). Runs differ (0.87-1.0 seen):
-    # the input pipeline's history sampling draws from a stateful generator in a parallel map,
-    # so the batches are not the same from run to run.
+    # for most of the users who like its category (chance: 0.5; 0.94 here, the same every run
+    # now that the pipeline's history draws are keyed by batch).
     catalog = towers.item_vectors()
     y_items = [r for r, i in enumerate(ds.items.ids.tolist()) if str(i).startswith("y")]
-    assert (vectors[likes_x] @ new_x > np.median(vectors[likes_x] @ catalog[y_items].T, axis=1)).mean() > 0.8
+    assert (vectors[likes_x] @ new_x > np.median(vectors[likes_x] @ catalog[y_items].T, axis=1)).mean() > 0.9
     assert float(towers.candidate.metadata_scale.numpy()) > 0
 
 
