@@ -90,8 +90,11 @@ def main() -> int:
     if not bundle.version_dirs(args.model_base):
         print(f"no model bundle in {args.model_base}: training one", flush=True)
         data = ["--data-dir", args.data_dir] if args.data_dir else []
-        subprocess.run([sys.executable, "-m", "trainer", "train", "--model-base", args.model_base, *data,
-                        *shlex.split(args.train_args)], env=env, cwd=REPO, check=True)
+        trained = subprocess.run([sys.executable, "-m", "trainer", "train", "--model-base", args.model_base, *data,
+                                  *shlex.split(args.train_args)], env=env, cwd=REPO)
+        if trained.returncode != 0:  # the trainer has printed why; nothing was started
+            print(f"training failed (exit {trained.returncode}); no service started", file=sys.stderr, flush=True)
+            return trained.returncode
 
     args.log_dir.mkdir(parents=True, exist_ok=True)
     extra = {

@@ -162,6 +162,20 @@ def test_run_stack_with_a_port_in_use_exits_at_once_and_starts_nothing(trained_m
         assert processes_mentioning(f"--port {other}") == []
 
 
+def test_run_stack_when_training_fails_says_so_and_starts_nothing(tmp_path):
+    """No bundle and a data folder that does not exist: the trainer's error, one line from
+    run_stack, its exit code, no traceback and no service."""
+    ports = (free_port(), free_port(), free_port())
+    command = run_stack_command(tmp_path / "models", ports, tmp_path, "--once", "--data-dir", str(tmp_path / "missing"))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=service_env(), cwd=REPO)
+    print("training-failed message:", result.stderr.strip()[-500:])
+    assert result.returncode != 0
+    assert "missing" in result.stderr and "no service started" in result.stderr
+    assert "Traceback" not in result.stderr and "started" not in result.stdout
+    for port in ports:
+        assert processes_mentioning(f"--port {port}") == []
+
+
 def test_run_stack_brings_the_stack_down_when_a_child_exits(trained_model_base, tmp_path):
     ports = (free_port(), free_port(), free_port())
     proc = subprocess.Popen(run_stack_command(trained_model_base, ports, tmp_path), stdout=subprocess.PIPE,
