@@ -86,6 +86,7 @@ def hit_rates(
     users, first = np.unique(pair_users, return_index=True)
     bounds = np.append(first, len(pair_users))
     step = max(1, chunk_scores // max(item_count, 1))
+    columns = np.arange(item_count)
     for start in range(0, len(users), step):
         block = users[start : start + step]
         lo, hi = bounds[start], bounds[start + len(block)]
@@ -106,7 +107,6 @@ def hit_rates(
             # At least k items score at or above the k-th largest of the rows' group maxima
             # (one per group), so a pair scoring below it ranks k or lower: beyond max_k.
             candidates = np.flatnonzero(target >= _top_k_lower_bound(scores, k)[local])
-        columns = np.arange(item_count)
         for part in np.array_split(candidates, max(1, len(candidates) * item_count // chunk_scores + 1)):
             row, t, i = scores[local[part]], target[part][:, None], items[part][:, None]
             ranks[part] = ((row > t) | ((row == t) & (columns[None, :] < i))).sum(axis=1)
