@@ -367,7 +367,7 @@ def test_trainer_cli_reads_the_compose_environment(path):
     for flag in trainer["command"][4:]:
         assert flag in text, f"python -m trainer train has no {flag}"
     for variable in environment(trainer):
-        if variable != "ML100K_DIR":  # read by trainer/data.py, not a flag
+        if variable != "ML100K_DIR":  # read by trainer/readers/download.py, not a flag
             assert f"[env {variable}]" in text, f"trainer: {variable} is not a flag of python -m trainer train"
 
 

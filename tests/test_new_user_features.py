@@ -11,6 +11,8 @@ same features with no movies (the features path alone) must give that user's
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
@@ -18,16 +20,20 @@ import pytest
 from recsys.internal.v1 import query_service_pb2, query_service_pb2_grpc
 from recsys.v1 import common_pb2, gateway_pb2 as pb
 from serving import bundle
-from trainer.data import read_users
 
 pytestmark = pytest.mark.slow
 
 
+def _raw_users(path: Path) -> dict[str, list[str]]:
+    """u.user as written (id|age|gender|occupation|zip), what a client would send: user id -> the other fields."""
+    rows = [line.split("|") for line in path.read_text(encoding="latin-1").splitlines() if line.strip()]
+    return {row[0]: row[1:] for row in rows}
+
+
 def _features_of(users, seen_item_ids, user_id: str) -> common_pb2.UserFeatures:
-    row = users.ids.tolist().index(user_id)
+    age, gender, occupation, zip_code = users[user_id]
     return common_pb2.UserFeatures(
-        age=int(users.ages[row]), gender=str(users.genders[row]), occupation=str(users.occupations[row]),
-        zip_code=str(users.zips[row]), watched_item_ids=seen_item_ids,
+        age=int(age), gender=gender, occupation=occupation, zip_code=zip_code, watched_item_ids=seen_item_ids,
     )
 
 
@@ -59,7 +65,7 @@ def test_features_signature_reproduces_known_users(trained_model_base, small_mov
     manifest = bundle.read_manifest(path)
     tower = load_user_tower(path, manifest)
     assert tower.embeds_features
-    users = read_users(small_movielens_dir / "u.user")
+    users = _raw_users(small_movielens_dir / "u.user")
     known = tower.users.ids[:12].tolist()
     features = [_features_of(users, tower.users.seen_item_ids(u), u) for u in known]
     # Upper/lower case and spaces are normalised like the training data.
@@ -85,7 +91,7 @@ def test_features_signature_reproduces_known_users(trained_model_base, small_mov
 
 
 def test_query_service_embeds_new_users_from_features(live_stack, small_movielens_dir):
-    users = read_users(small_movielens_dir / "u.user")
+    users = _raw_users(small_movielens_dir / "u.user")
     known = live_stack.users.ids[4]
     as_new = _features_of(users, live_stack.users.seen_item_ids(known), known)
     response = _embed(live_stack.query.address, ["new-user", known, "other"],

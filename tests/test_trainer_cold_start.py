@@ -64,7 +64,8 @@ def planted(tmp_path_factory: pytest.TempPathFactory):
 
     from trainer.config import TrainConfig
     from trainer.readers import read_folder
-    from trainer.train import fit, split_interactions
+    from trainer.split import split_interactions
+    from trainer.train import fit
 
     folder = tmp_path_factory.mktemp("planted") / "data"
     occupations = _write_planted(folder)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from trainer import evaluate as ev
-from trainer.data import DataError, Ratings
 from trainer.features import Csr
+from trainer.readers import DataError
 
 # Four items by falling popularity; three held-out pairs:
 #   user 0 -> item 2, user 1 -> item 0, user 1 -> item 3.
@@ -115,7 +115,7 @@ def test_evaluation_set_maps_ids_and_seen_lists() -> None:
 
 def test_test_interactions_round_trip(tmp_path: Path) -> None:
     path = tmp_path / ev.TEST_INTERACTIONS
-    pairs = Ratings(np.array(["1", "2"]), np.array(["50", "7"]), np.array([5, 3]), np.array([0, 0]))
+    pairs = (np.array(["1", "2"]), np.array(["50", "7"]))
     ev.write_test_interactions(path, pairs)
     assert path.read_text().splitlines() == ["user_id\titem_id", "1\t50", "2\t7"]
     users, items = ev.read_test_interactions(path)

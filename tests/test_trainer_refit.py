@@ -23,7 +23,8 @@ def _tables(small_movielens_dir: Path, refit: bool):
     from trainer.config import ModelConfig, TrainConfig
     from trainer.features import seen_csr
     from trainer.readers import read_folder
-    from trainer.train import fit, split_interactions
+    from trainer.split import split_interactions
+    from trainer.train import fit
     from trainer.warm_start import ease_warm_start
 
     ds = read_folder(small_movielens_dir)

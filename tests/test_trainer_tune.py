@@ -17,10 +17,11 @@ import pytest
 
 from trainer import cli
 from trainer.config import TrainConfig
-from trainer.data import load_movielens, split_ratings
-from trainer.features import interaction_csr
+from trainer.dataset import Interactions
+from trainer.readers import read_folder
+from trainer.split import split_interactions
 from trainer.tune import Cell, cross_validate, fold_rows
-from trainer.warm_start import dense_interactions, temporal_gram
+from trainer.warm_start import temporal_gram
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,54 +44,46 @@ def test_fold_rows_rejects_impossible_splits() -> None:
 
 
 def _brute_force_hits(
-    train, item_ids, held_rows, fit_rows, tau: float, lam: float, rank: int
+    train: Interactions, user_count: int, item_count: int, held_rows, fit_rows, tau: float, lam: float, rank: int
 ) -> dict[str, dict[int, int]]:
     """Each held-out pair's rank counted one by one (ties: the lower catalog row first)."""
     fit, held = train.take(fit_rows), train.take(held_rows)
-    user_ids = np.unique(train.users)
-    seen = interaction_csr(fit, user_ids, item_ids)
-    x = dense_interactions(seen, len(item_ids))
-    if tau > 0:
-        u_rows = np.searchsorted(user_ids, fit.users)
-        i_rows = np.array([item_ids.tolist().index(i) for i in fit.items.tolist()])
-        gram = temporal_gram(u_rows, i_rows, fit.timestamps, len(item_ids), tau)
-    else:
-        gram = x.T @ x
-    p = np.linalg.inv(gram + lam * np.eye(len(item_ids)))
-    b = np.eye(len(item_ids)) - p / np.diag(p)[None, :]
+    x = np.zeros((user_count, item_count))
+    x[fit.users, fit.items] = 1.0
+    gram = temporal_gram(fit.users, fit.items, fit.timestamps, item_count, tau) if tau > 0 else x.T @ x
+    p = np.linalg.inv(gram + lam * np.eye(item_count))
+    b = np.eye(item_count) - p / np.diag(p)[None, :]
     u, s, vt = np.linalg.svd(b)
     scores = x @ (u[:, :rank] * s[:rank]) @ vt[:rank]
     hits = {"seen_excluded": {10: 0, 100: 0}, "all": {10: 0, 100: 0}}
-    for user, item in zip(held.users.tolist(), held.items.tolist()):
-        row, col = int(np.searchsorted(user_ids, user)), item_ids.tolist().index(item)
+    for row, col in zip(held.users.tolist(), held.items.tolist()):
         s_u = scores[row].astype(np.float32)  # the tuner ranks float32 vectors
         for protocol in hits:
-            allowed = ~x[row].astype(bool) if protocol == "seen_excluded" else np.ones(len(item_ids), bool)
+            allowed = ~x[row].astype(bool) if protocol == "seen_excluded" else np.ones(item_count, bool)
             if not allowed[col]:
                 continue
-            above = allowed & ((s_u > s_u[col]) | ((s_u == s_u[col]) & (np.arange(len(item_ids)) < col)))
+            above = allowed & ((s_u > s_u[col]) | ((s_u == s_u[col]) & (np.arange(item_count) < col)))
             for k in hits[protocol]:
                 hits[protocol][k] += int(above.sum() < k)
     return hits
 
 
 def test_cross_validation_matches_a_brute_force_ranking(small_movielens_dir: Path) -> None:
-    ml = load_movielens(small_movielens_dir)
-    split = split_ratings(ml.ratings, TrainConfig(test_fraction=0.2, seed=5))
+    ds = read_folder(small_movielens_dir)
+    split = split_interactions(len(ds.interactions), TrainConfig(test_fraction=0.2, seed=5))
     lines: list[str] = []
-    report = cross_validate(
-        split.train, ml.items.ids, taus=(0, 8), lams=(20, 50), rank=8, folds=3, seed=1, progress=lines.append
-    )
+    report = cross_validate(ds, split.train, taus=(0, 8), lams=(20, 50), rank=8, folds=3, seed=1, progress=lines.append)
     assert len(lines) == 3 and lines[-1].startswith("fold 3/3")
     assert report["pairs"] == len(split.train)  # every training rating held out once, no test rating
     assert len(report["cells"]) == 4
 
-    parts = fold_rows(len(split.train), 3, seed=1)
+    train = ds.interactions.take(split.train)
+    parts = fold_rows(len(train), 3, seed=1)
     for row in report["cells"]:
         expected = {"seen_excluded": {10: 0, 100: 0}, "all": {10: 0, 100: 0}}
         for f, held_rows in enumerate(parts):
             fit_rows = np.concatenate([p for g, p in enumerate(parts) if g != f])
-            fold = _brute_force_hits(split.train, ml.items.ids, held_rows, fit_rows, row["tau"], row["lambda"], rank=8)
+            fold = _brute_force_hits(train, len(ds.users), len(ds.items), held_rows, fit_rows, row["tau"], row["lambda"], 8)
             for protocol in expected:
                 for k in expected[protocol]:
                     expected[protocol][k] += fold[protocol][k]
@@ -104,11 +97,9 @@ def test_cross_validation_matches_a_brute_force_ranking(small_movielens_dir: Pat
 
 
 def test_report_is_sorted_and_names_the_best_cell(small_movielens_dir: Path) -> None:
-    ml = load_movielens(small_movielens_dir)
-    train = split_ratings(ml.ratings, TrainConfig()).train
-    report = cross_validate(
-        train, ml.items.ids, taus=(0, 5, 20), lams=(10, 100), rank=8, folds=4, seed=0, progress=lambda _: None
-    )
+    ds = read_folder(small_movielens_dir)
+    train_rows = split_interactions(len(ds.interactions), TrainConfig()).train
+    report = cross_validate(ds, train_rows, taus=(0, 5, 20), lams=(10, 100), rank=8, folds=4, seed=0, progress=lambda _: None)
     scores = [row["selection"] for row in report["cells"]]
     assert scores == sorted(scores, reverse=True)
     best = report["cells"][0]
@@ -119,14 +110,14 @@ def test_report_is_sorted_and_names_the_best_cell(small_movielens_dir: Path) -> 
         assert row["selection"] == pytest.approx(row["seen_excluded/hr@10"] + row["seen_excluded/hr@100"] / 4, abs=2e-6)
 
     # Popularity, all ranked: a held-out pair is a hit when its movie is among the fit part's K most rated.
+    train = ds.interactions.take(train_rows)
     parts = fold_rows(len(train), 4, seed=0)
-    item_list = ml.items.ids.tolist()
     hits = 0
     for f, held_rows in enumerate(parts):
         fit = train.take(np.concatenate([p for g, p in enumerate(parts) if g != f]))
-        counts = np.bincount([item_list.index(i) for i in fit.items.tolist()], minlength=len(item_list))
+        counts = np.bincount(fit.items, minlength=len(ds.items))
         top10 = set(np.argsort(-counts, kind="stable")[:10].tolist())
-        hits += sum(item_list.index(i) in top10 for i in train.take(held_rows).items.tolist())
+        hits += sum(item in top10 for item in train.take(held_rows).items.tolist())
     assert report["popularity"]["all/hr@10"] == pytest.approx(hits / len(train), abs=1e-6)
 
 
@@ -167,5 +158,9 @@ def test_tune_command_writes_json_without_tensorflow(small_movielens_dir: Path, 
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     assert {(row["tau"], row["lambda"]) for row in report["cells"]} == {(0, 20), (0, 50), (10, 20), (10, 50)}
-    assert report["folds"] == 3 and report["rank"] == 8 and len(report["data_sha256"]) == 64
+    assert report["folds"] == 3 and report["rank"] == 8
+    # the training part of train's split, and the data hash train's manifest records
+    ds = read_folder(small_movielens_dir)
+    assert report["ratings"] == len(split_interactions(len(ds.interactions), TrainConfig()).train)
+    assert report["data_sha256"] == ds.sha256
     assert f"best: {report['best']['flags']}" in done.stdout

@@ -25,8 +25,7 @@ from trainer.config import (
     ModelConfig,
     TrainConfig,
 )
-from trainer.data import DataError
-from trainer.readers import add_reader_flags
+from trainer.readers import DataError, add_reader_flags
 
 COMMANDS = ("train", "evaluate", "tune", "synthetic", "synthetic-log", "prune", "add-items")
 DEFAULT_MODEL_BASE = "./models/movielens"
@@ -280,7 +279,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_tune(args: argparse.Namespace) -> int:
     import json
 
-    from trainer.data import load_movielens, resolve_data_dir, split_ratings
+    from trainer.readers import ReadOptions, read_folder, resolve_data_dir
+    from trainer.split import split_interactions
     from trainer.tune import cross_validate, format_table
 
     _positive("embedding-dim", args.embedding_dim)
@@ -294,15 +294,16 @@ def run_tune(args: argparse.Namespace) -> int:
         raise DataError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
     data_dir = resolve_data_dir(args.data_dir)
     print(f"data: {data_dir}" + (f" (ratings: {args.ratings_file})" if args.ratings_file else ""), flush=True)
-    ml = load_movielens(data_dir, args.ratings_file)
-    train = split_ratings(ml.ratings, TrainConfig(test_fraction=args.test_fraction, seed=args.seed)).train
-    if len(train) < args.folds:
-        raise DataError(f"{len(train)} training ratings cannot be split into {args.folds} folds")
+    dataset = read_folder(data_dir, ReadOptions(interactions_file=args.ratings_file))
+    split_config = TrainConfig(test_fraction=args.test_fraction, seed=args.seed)  # the split train makes
+    train_rows = split_interactions(len(dataset.interactions), split_config).train
+    if len(train_rows) < args.folds:
+        raise DataError(f"{len(train_rows)} training ratings cannot be split into {args.folds} folds")
     cells = len(set(args.ease_tau)) * len(set(args.ease_lambda))
-    print(f"{len(train)} training ratings (test split left out), {cells} cells x {args.folds} folds", flush=True)
+    print(f"{len(train_rows)} training ratings (test split left out), {cells} cells x {args.folds} folds", flush=True)
     report = cross_validate(
-        train,
-        ml.items.ids,
+        dataset,
+        train_rows,
         args.ease_tau,
         args.ease_lambda,
         rank=args.embedding_dim,
@@ -310,7 +311,7 @@ def run_tune(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=lambda line: print(line, flush=True),
     )
-    report["data_sha256"] = ml.sha256
+    report["data_sha256"] = dataset.sha256
     report["test_fraction"] = args.test_fraction
     print(format_table(report))
     if args.out is not None:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data import DataError, Ratings
 from trainer.features import Csr
+from trainer.readers import DataError
 
 MAX_K = 100
 PROTOCOLS = ("all", "seen_excluded")
@@ -220,11 +220,11 @@ TEST_INTERACTIONS = "test_interactions.tsv"
 _TSV_HEADER = "user_id\titem_id"
 
 
-def write_test_interactions(path: Path, pairs: Ratings | tuple[np.ndarray, np.ndarray] | None) -> None:
-    """Writes the held-out split (Ratings or (user ids, item ids)) as ``user_id<TAB>item_id`` lines under a header."""
+def write_test_interactions(path: Path, pairs: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """Writes the held-out pairs (user ids, item ids) as ``user_id<TAB>item_id`` lines under a header."""
     lines = [_TSV_HEADER]
     if pairs is not None:
-        users, items = (pairs.users, pairs.items) if isinstance(pairs, Ratings) else pairs
+        users, items = pairs
         lines += [f"{u}\t{i}" for u, i in zip(users.tolist(), items.tolist())]
     path.write_text("\n".join(lines) + "\n")
 
@@ -248,7 +248,7 @@ def read_test_interactions(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluation_set(
-    pairs: Ratings | tuple[np.ndarray, np.ndarray],
+    pairs: tuple[np.ndarray, np.ndarray],
     item_ids: np.ndarray,
     seen_user_ids: np.ndarray,
     seen: Csr,
@@ -261,7 +261,7 @@ def evaluation_set(
     gives each user's training items; users without a row have none.
     Every item must be in ``item_ids``.
     """
-    pair_user_ids, pair_item_ids = (pairs.users, pairs.items) if isinstance(pairs, Ratings) else pairs
+    pair_user_ids, pair_item_ids = pairs
     users, pair_users = np.unique(pair_user_ids, return_inverse=True)
     item_row = {item: row for row, item in enumerate(item_ids.tolist())}
     unknown = sorted(set(pair_item_ids.tolist()) - item_row.keys())

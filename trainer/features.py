@@ -26,8 +26,8 @@ MAX_LIST_WIDTH = 16  # codes kept per multi / text row (a title's first 16 token
 MAX_VOCABULARY = 200_000  # larger vocabularies are hashed into this many embedding rows
 NUMERIC_BUCKETS = 10  # quantile buckets of a numeric feature
 
-__all__ = ["Csr", "FeatureSpec", "distinct", "feature_columns", "feature_specs", "interaction_csr", "rows_present",
-           "seen_csr", "user_time_order"]
+__all__ = ["Csr", "FeatureSpec", "distinct", "feature_columns", "feature_specs", "rows_present", "seen_csr",
+           "user_time_order"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,16 +145,3 @@ def seen_csr(users: np.ndarray, items: np.ndarray, user_count: int) -> Csr:
     pair_users, pair_items = pairs // width, pairs % width
     splits = np.concatenate([[0], np.cumsum(np.bincount(pair_users, minlength=user_count))]).astype(np.int64)
     return Csr(splits=splits, values=pair_items.astype(np.int32))
-
-
-def interaction_csr(ratings, user_ids: np.ndarray, item_ids: np.ndarray) -> Csr:
-    """String-id ratings (trainer.data.Ratings) -> each of ``user_ids``' distinct items as
-    rows of ``item_ids``, sorted (the EASE cross-validation in trainer.tune reads this).
-    Ratings of users or items not in the given id arrays are ignored."""
-    user_order, item_order = np.argsort(user_ids), np.argsort(item_ids)
-    u = np.searchsorted(user_ids, ratings.users, sorter=user_order)
-    i = np.searchsorted(item_ids, ratings.items, sorter=item_order)
-    u, i = np.minimum(u, len(user_ids) - 1), np.minimum(i, len(item_ids) - 1)
-    u, i = user_order[u], item_order[i]
-    known = (user_ids[u] == ratings.users) & (item_ids[i] == ratings.items)
-    return seen_csr(u[known], i[known], len(user_ids))

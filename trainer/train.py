@@ -59,6 +59,7 @@ from trainer.features import empty_columns, feature_columns, feature_specs, rows
 from trainer.model import HISTORY_MEAN, ITEM, KNOWN_USER, CandidateTower, QueryTower, TwoTowerModel
 from trainer.optimizers import make_optimizer
 from trainer.pipeline import TrainingLog, make_dataset, pooled_histories, training_log
+from trainer.split import Split, split_interactions
 from trainer.warm_start import blockwise_gram, ease_warm_start, ease_weights
 
 # The evaluation report's item-item yardstick: EASE (Steck 2019) with the λ the
@@ -71,34 +72,6 @@ TEST_USERS = 20_000  # the offline evaluation scores at most this many test user
 # ... and at most this many user x item scores per pass (validation runs two passes per epoch).
 SCORES_PER_EVALUATION = 250_000_000
 EMBED_BATCH = 8192
-
-
-def split_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random split of row numbers 0..n-1 -> (kept, held_out), both int64.
-
-    ``held_out`` has round(n * fraction) rows; both keep the shuffled order."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
-    order = np.random.default_rng(seed).permutation(n)
-    held = int(round(n * fraction))
-    return order[: n - held], order[n - held :]
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-    """Row numbers of the Dataset's interactions: fit + validation = train; test held out."""
-
-    train: np.ndarray
-    fit: np.ndarray
-    validation: np.ndarray
-    test: np.ndarray
-
-
-def split_interactions(count: int, config: TrainConfig) -> Split:
-    """The seeded train/test split, then a validation slice of the training part."""
-    train, test = split_rows(count, config.test_fraction, config.seed)
-    fit, validation = split_rows(len(train), config.validation_fraction, config.seed + 1)
-    return Split(train=train, fit=train[fit], validation=train[validation], test=test)
 
 
 @dataclasses.dataclass(frozen=True)

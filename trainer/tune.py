@@ -32,9 +32,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from trainer.data import Ratings
+from trainer.dataset import Dataset, Interactions
 from trainer.evaluate import PROTOCOLS, hit_rates
-from trainer.features import interaction_csr
+from trainer.features import seen_csr
 from trainer.warm_start import dense_interactions, ease_weights, factorise, temporal_gram
 
 # Cells are ranked by the early-stopping score of ``trainer.train``: HR@10 + HR@100 / 4, seen excluded.
@@ -73,32 +73,25 @@ def fold_rows(n: int, folds: int, seed: int) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(order, folds)]
 
 
-def _rows(ratings: Ratings, ids: np.ndarray, column: np.ndarray) -> np.ndarray:
-    row_of = {value: row for row, value in enumerate(ids.tolist())}
-    return np.fromiter((row_of[v] for v in column.tolist()), dtype=np.int64, count=len(ratings))
-
-
 def _hits(
-    fit: Ratings, held: Ratings, user_ids: np.ndarray, item_ids: np.ndarray, cells: Sequence[Cell], rank: int
+    fit: Interactions, held: Interactions, user_count: int, item_count: int, cells: Sequence[Cell], rank: int
 ) -> dict[Cell | str, FoldHits]:
     """One fold: the hits of every cell, and of the fit part's popularity under ``POPULARITY``."""
-    seen = interaction_csr(fit, user_ids, item_ids)
-    x = dense_interactions(seen, len(item_ids))
-    held_users, held_items = _rows(held, user_ids, held.users), _rows(held, item_ids, held.items)
-    fit_users, fit_items = _rows(fit, user_ids, fit.users), _rows(fit, item_ids, fit.items)
+    seen = seen_csr(fit.users, fit.items, user_count)
+    x = dense_interactions(seen, item_count)
 
     def fold_hits(users: np.ndarray, items: np.ndarray) -> FoldHits:
         hits = {}
         for protocol in PROTOCOLS:
             excluded = seen if protocol == "seen_excluded" else None
-            rates = hit_rates(users, items, held_users, held_items, excluded, max_k=max(_KS))
+            rates = hit_rates(users, items, held.users, held.items, excluded, max_k=max(_KS))
             hits[protocol] = {k: int(round(rates[k - 1] * len(held))) for k in _KS}
         return FoldHits(pairs=len(held), hits=hits)
 
-    counts = np.bincount(fit_items, minlength=len(item_ids)).astype(np.float32)
-    out: dict[Cell | str, FoldHits] = {POPULARITY: fold_hits(np.ones((len(user_ids), 1), np.float32), counts[:, None])}
+    counts = np.bincount(fit.items, minlength=item_count).astype(np.float32)
+    out: dict[Cell | str, FoldHits] = {POPULARITY: fold_hits(np.ones((user_count, 1), np.float32), counts[:, None])}
     for tau in sorted({c.tau for c in cells}):
-        gram = temporal_gram(fit_users, fit_items, fit.timestamps, len(item_ids), tau) if tau > 0 else None
+        gram = temporal_gram(fit.users, fit.items, fit.timestamps, item_count, tau) if tau > 0 else None
         for cell in (c for c in cells if c.tau == tau):
             query_side, item_side = factorise(ease_weights(x, cell.lam, gram), rank)
             out[cell] = fold_hits((x @ query_side).astype(np.float32), item_side.astype(np.float32))
@@ -106,8 +99,8 @@ def _hits(
 
 
 def cross_validate(
-    train: Ratings,
-    item_ids: np.ndarray,
+    dataset: Dataset,
+    train_rows: np.ndarray,
     taus: Sequence[float],
     lams: Sequence[float],
     rank: int = 32,
@@ -115,7 +108,8 @@ def cross_validate(
     seed: int = 0,
     progress: Callable[[str], None] = print,
 ) -> dict:
-    """Fits every (tau, lambda) on K-1 folds of ``train`` and scores the held-out fold.
+    """Fits every (tau, lambda) on K-1 folds of the interactions ``train_rows`` (the training
+    part of ``trainer.split.split_interactions``) and scores the held-out fold.
 
     Returns a JSON-able report: the grid, per-cell HR@10 / HR@100 (pooled over
     the folds) under both protocols, each cell's paired difference to the best
@@ -126,13 +120,13 @@ def cross_validate(
     cells = [Cell(float(t), float(lam)) for t, lam in itertools.product(dict.fromkeys(taus), dict.fromkeys(lams))]
     if not cells:
         raise ValueError("the grid is empty: give at least one tau and one lambda")
-    user_ids = np.unique(train.users)
+    train = dataset.interactions.take(train_rows)
     parts = fold_rows(len(train), folds, seed)
     per_fold: list[dict[Cell | str, FoldHits]] = []
     started = time.monotonic()
     for f, held_rows in enumerate(parts):
         fit_rows = np.concatenate([p for g, p in enumerate(parts) if g != f])
-        per_fold.append(_hits(train.take(fit_rows), train.take(held_rows), user_ids, item_ids, cells, rank))
+        per_fold.append(_hits(train.take(fit_rows), train.take(held_rows), len(dataset.users), len(dataset.items), cells, rank))
         progress(f"fold {f + 1}/{folds}: {len(cells)} cells, {time.monotonic() - started:.0f} s")
     return _report(cells, per_fold, rank=rank, folds=folds, seed=seed, ratings=len(train))
 
