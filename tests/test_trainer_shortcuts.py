@@ -40,3 +40,31 @@ def test_score_spread_is_the_std_of_every_score() -> None:
     rng = np.random.default_rng(3)
     queries, items = rng.normal(size=(50, 8)) + 0.3, rng.normal(size=(300, 8)) * 2 - 0.1
     assert score_spread(queries, items) == pytest.approx(float(np.std(queries @ items.T)), rel=1e-9)
+
+
+def test_popularity_query_maximises_the_catalog_likelihood() -> None:
+    """The start of the new-user path: at its q the softmax's expected item vector is the observed
+    one (the gradient is zero), no step along any direction raises the log-likelihood, and when an
+    item dimension is log-popularity the query is that dimension: it ranks the items by popularity."""
+    import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TFRS is imported)
+    from trainer.cold_start import popularity_query
+
+    rng = np.random.default_rng(4)
+    counts = rng.zipf(1.6, 400).clip(1, 5000).astype(np.float64)
+    items = rng.normal(size=(400, 6)) * 0.3
+
+    def log_likelihood(q: np.ndarray) -> float:
+        logits = items @ q
+        return float(counts @ logits - counts.sum() * (logits.max() + np.log(np.exp(logits - logits.max()).sum())))
+
+    q = popularity_query(items.astype(np.float32), counts).astype(np.float64)
+    softmax = np.exp(items @ q - (items @ q).max())
+    softmax /= softmax.sum()
+    np.testing.assert_allclose(items.T @ softmax, items.T @ counts / counts.sum(), atol=1e-5)
+    for direction in rng.normal(size=(20, 6)):
+        assert log_likelihood(q) >= log_likelihood(q + 0.05 * direction)
+
+    # softmax(log counts) is the observed distribution itself: the query is 1 there, 0 elsewhere.
+    with_popularity = np.concatenate([items, np.log(counts)[:, None]], axis=1)
+    q = popularity_query(with_popularity.astype(np.float32), counts)
+    np.testing.assert_allclose(q, np.eye(7)[6], atol=1e-3)

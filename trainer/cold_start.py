@@ -11,7 +11,10 @@ help, and the figures it logs are honest):
   candidate vectors (the catalog softmax, nothing masked: a new user has seen
   nothing), with L2 on its weights except the bias (which is the query of a
   user about whom nothing is known: the best popularity vector in the item
-  space). Validation: held-out users ranked from their features alone. Then
+  space). It starts there (``popularity_query`` as the bias, a zero
+  kernel), and that start competes with the trained epochs, so the path
+  departs from popularity only where the held-out users say the features help.
+  Validation: held-out users ranked from their features alone. Then
   ``new_user_weight``, the weight of the features path beside a new user's
   named movies, is chosen on the same held-out users, each naming their
   ``NAMED_MOVIES`` earliest movies;
@@ -58,8 +61,15 @@ NEW_ITEM_L2_GRID = (1e-4, 1e-3)
 # overfit a path easily (ml-100k: title words cost new movies, zip prefixes new users); each path
 # is also trained without them, and the held-out users / items choose.
 SPARSE_VALUES = 100
-LEARNING_RATE = 0.01
+# Adam's learning rate per path. The features path starts at its optimum for a user about whom
+# nothing is known (the popularity query) and moves away only as far as the features earn: at
+# 0.01 its steps knocked it off that start (held-out users below popularity after one epoch).
+NEW_USER_LEARNING_RATE = 0.001
+NEW_ITEM_LEARNING_RATE = 0.01
 EPOCHS = 20
+# An epoch (one validation) is at least this many steps: a small log's few steps per pass would
+# otherwise stop the path by patience before it has moved at NEW_USER_LEARNING_RATE.
+MIN_EPOCH_STEPS = 64
 PATIENCE = 2
 NAMED_MOVIES = 5  # a held-out user names this many earliest movies when new_user_weight is chosen
 # new_user_weight candidates, in units of (spread of history scores / spread of feature scores)
@@ -83,26 +93,69 @@ def score_spread(queries: np.ndarray, items: np.ndarray) -> float:
     return float(np.sqrt(max(second - mean**2, 0.0)))
 
 
+def popularity_query(item_vectors: np.ndarray, counts: np.ndarray, steps: int = 50) -> np.ndarray:
+    """The query q that best explains the interactions without knowing the user: the maximum
+    of the catalog softmax's log-likelihood sum_i counts_i log softmax(V q)_i (concave in q),
+    by damped Newton steps in [dim] x [dim]. It ranks the items by popularity as far as the
+    item space can express it (exactly, when one of its dimensions is log-popularity)."""
+    v = item_vectors.astype(np.float64)
+    p = counts.astype(np.float64) / max(float(counts.sum()), 1.0)
+    target = v.T @ p
+    q = np.zeros(v.shape[1])
+
+    def objective(query: np.ndarray) -> tuple[float, np.ndarray]:
+        logits = v @ query
+        top = logits.max()
+        weights = np.exp(logits - top)
+        total = weights.sum()
+        return float(target @ query - top - np.log(total)), weights / total
+
+    value, softmax = objective(q)
+    for _ in range(steps):
+        mean = v.T @ softmax
+        gradient = target - mean
+        hessian = (v * softmax[:, None]).T @ v - np.outer(mean, mean) + 1e-9 * np.eye(len(q))
+        direction = np.linalg.solve(hessian, gradient)
+        step = 1.0
+        while step > 1e-6:
+            candidate_value, candidate_softmax = objective(q + step * direction)
+            if candidate_value >= value:
+                break
+            step /= 2
+        else:
+            break
+        q, improvement = q + step * direction, candidate_value - value
+        value, softmax = candidate_value, candidate_softmax
+        if improvement < 1e-10:
+            break
+    return q.astype(np.float32)
+
+
 def _score(hr: np.ndarray, k_small: int, k_large: int) -> float:
     """The early-stopping criterion of trainer.train: HR@small + HR@large / 4."""
     return float(hr[k_small - 1] + hr[k_large - 1] / 4)
 
 
 class _KeepBest(keras.callbacks.Callback):
-    """Scores ``layers`` before training (logged only: a path's start is random) and after
-    each epoch with ``score`` (-> (value, text)); keeps the best epoch's weights (the earlier
-    on a tie) and restores them at the end."""
+    """Scores ``layers`` before training and after each epoch with ``score`` (-> (value,
+    text)); keeps the best epoch's weights and restores them at the end. Without
+    ``keep_start`` the start is logged only (a random start) and a tie keeps the earlier
+    epoch; with it the start competes and a tie keeps the later epoch (a start at the
+    popularity query gives way to the features wherever the held-out users cannot tell
+    the two apart: small validation sets tie often)."""
 
-    def __init__(self, layers: list, score, log):
+    def __init__(self, layers: list, score, log, keep_start: bool = False):
         super().__init__()
         self._layers, self._score, self._log = layers, score, log
+        self._keep_start, self._first = keep_start, 0 if keep_start else 1
         self.scores: list[float] = []
         self._best: list | None = None
 
     def _evaluate(self, epoch: int, logs: dict | None) -> None:
         value, text = self._score()
         self._log(f"  epoch {epoch}: {text}")
-        if len(self.scores) <= 1 or value > max(self.scores[1:]):
+        best = max(self.scores[self._first:], default=None)
+        if best is None or value > best or (self._keep_start and value == best):
             self._best = [layer.get_weights() for layer in self._layers]
         self.scores.append(value)
         if logs is not None:
@@ -120,7 +173,10 @@ class _KeepBest(keras.callbacks.Callback):
 
     @property
     def best_epoch(self) -> int:
-        return 1 + int(np.argmax(self.scores[1:])) if len(self.scores) > 1 else 0
+        first = self._first if len(self.scores) > self._first else 0
+        scores = np.asarray(self.scores[first:])
+        best = np.flatnonzero(scores == scores.max())
+        return first + int(best[-1] if self._keep_start else best[0])
 
     @property
     def best_score(self) -> float:
@@ -132,8 +188,8 @@ def _towers_layers(towers) -> list:
 
 
 def _run_phase(towers, trainable: list, log_data: TrainingLog, transform, catalog: dict | None, config: ModelConfig,
-               l2: float, batch_size: int, history_length: int, history_dropout: float, seed: int, keep: _KeepBest,
-               strategy, verbose: int) -> int:
+               l2: float, learning_rate: float, batch_size: int, history_length: int, history_dropout: float,
+               seed: int, keep: _KeepBest, strategy, verbose: int) -> int:
     """Trains only the ``trainable`` layers of the towers with the softmax of ``config``
     on ``log_data`` (each batch passed through ``transform``); returns the epochs run."""
     for layer in _towers_layers(towers):
@@ -142,14 +198,19 @@ def _run_phase(towers, trainable: list, log_data: TrainingLog, transform, catalo
 
     def build() -> TwoTowerModel:
         model = TwoTowerModel(towers.query, towers.candidate, config, catalog, penalised=tuple(trainable), l2=l2)
-        model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), steps_per_execution=STEPS_PER_EXECUTION)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), steps_per_execution=STEPS_PER_EXECUTION)
         return model
 
     def dataset_for(context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
         index = context.input_pipeline_id if context is not None else 0
         batch = context.get_per_replica_batch_size(batch_size) if context is not None else batch_size
-        return make_dataset(log_data, batch, history_length, history_dropout, seed, EPOCHS, with_seen=False,
+        return make_dataset(log_data, batch, history_length, history_dropout, seed, passes, with_seen=False,
                             shard=index, shards=shards)[0].map(transform)
+
+    per_replica = batch_size // shards if shards > 1 else batch_size
+    steps = -(-(len(log_data) // shards) // per_replica)  # per pass over the examples
+    epoch_steps = max(steps, MIN_EPOCH_STEPS)
+    passes = -(-EPOCHS * epoch_steps // steps)
 
     try:
         if strategy is None:
@@ -158,10 +219,8 @@ def _run_phase(towers, trainable: list, log_data: TrainingLog, transform, catalo
             with strategy.scope():
                 model = build()
             data = strategy.distribute_datasets_from_function(dataset_for)
-        per_replica = batch_size // shards if shards > 1 else batch_size
-        steps = -(-(len(log_data) // shards) // per_replica)
         stop = keras.callbacks.EarlyStopping(monitor=VALIDATION_METRIC, mode="max", patience=PATIENCE)
-        history = model.fit(data, epochs=EPOCHS, steps_per_epoch=steps, callbacks=[keep, stop], verbose=verbose)
+        history = model.fit(data, epochs=EPOCHS, steps_per_epoch=epoch_steps, callbacks=[keep, stop], verbose=verbose)
     finally:
         for layer in _towers_layers(towers):
             layer.trainable = True
@@ -181,9 +240,9 @@ def _sparse(spec) -> bool:
     return spec.kind == TEXT or (spec.kind in (CATEGORICAL, MULTI) and len(spec.vocab) > SPARSE_VALUES)
 
 
-def _train_path(towers, layers: list, mask: tf.Variable, specs: tuple, grid: tuple, score, log_data: TrainingLog,
-                transform, catalog, config, batch_size: int, history_length: int, history_dropout: float, seed: int,
-                strategy, verbose: int, log) -> _Trained:
+def _train_path(towers, layers: list, mask: tf.Variable, specs: tuple, grid: tuple, learning_rate: float, score,
+                log_data: TrainingLog, transform, catalog, config, batch_size: int, history_length: int, history_dropout: float, seed: int,
+                strategy, verbose: int, log, keep_start: bool = False) -> _Trained:
     """Trains ``layers`` once per L2 of ``grid`` and feature set (all features; without the
     sparse ones, if any), each from the same start and early-stopped on ``score``; keeps the
     best run's best epoch and sets ``mask`` to its features. On a large log (examples x runs
@@ -201,9 +260,9 @@ def _train_path(towers, layers: list, mask: tf.Variable, specs: tuple, grid: tup
         mask.assign([0.0 if s.name in left_out else 1.0 for s in specs])
         name = f"L2 {l2:g}" + (f", without {', '.join(left_out)}" if left_out else "")
         log(f" {name}:")
-        keep = _KeepBest(layers, score, log)
-        epochs = _run_phase(towers, layers, log_data, transform, catalog, config, l2, batch_size, history_length,
-                            history_dropout, seed, keep, strategy, verbose)
+        keep = _KeepBest(layers, score, log, keep_start)
+        epochs = _run_phase(towers, layers, log_data, transform, catalog, config, l2, learning_rate, batch_size,
+                            history_length, history_dropout, seed, keep, strategy, verbose)
         scores[name] = keep.best_score
         if best is None or keep.best_score > scores[best[2]]:
             best = (_Trained(l2, epochs, keep.best_epoch, {}, list(left_out)), [layer.get_weights() for layer in layers],
@@ -291,10 +350,16 @@ def fit_new_user_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.n
     def without_history(batch: dict) -> dict:
         return batch  # the history is sampled empty (dropout 1) and known_user absent: a new user
 
+    # The path starts as the popularity query (zero kernel, the bias at popularity_query), which
+    # training departs from only where the held-out users say the features help.
+    item_vectors = towers.item_vectors()
+    start = popularity_query(item_vectors, popularity)
+    kernel = towers.query.feature_projection.kernel
+    towers.query.feature_projection.set_weights([np.zeros(kernel.shape, np.float32), start])
     config = dataclasses.replace(towers.config, mask_seen=False)
     trained = _train_path(towers, towers.query.feature_layers, towers.query.feature_mask, towers.user_specs,
-                          NEW_USER_L2_GRID, score, log_data, without_history,
-                          catalog, config, batch_size, 1, 1.0, seed, strategy, verbose, log)
+                          NEW_USER_L2_GRID, NEW_USER_LEARNING_RATE, score, log_data, without_history,
+                          catalog, config, batch_size, 1, 1.0, seed, strategy, verbose, log, keep_start=True)
     hr = ev.hit_rates(features_only(), towers.item_vectors(), pair_users, pair_items, None)
     weight, named = _choose_new_user_weight(towers, users, items, stamps, held, features, popularity, log)
     return NewUserPath(
@@ -342,6 +407,8 @@ def _choose_new_user_weight(towers, users, items, stamps, held, features, popula
     log(f"new-user weight {weight:.4g} ({best:g} x spread ratio {ratio:.3g}) on {len(keep_users):,} held-out users naming "
         f"{NAMED_MOVIES} movies: HR@10 {results[best][9]:.4f}  HR@100 {results[best][99]:.4f}; history alone "
         f"{results[0.0][9]:.4f} / {results[0.0][99]:.4f}; popularity {pop_hr[9]:.4f} / {pop_hr[99]:.4f}")
+    log("  by weight (x spread ratio): " + "; ".join(
+        f"{f:g} {results[f][9]:.4f} / {results[f][99]:.4f}" for f in NEW_USER_WEIGHT_GRID))
     towers.query.new_user_weight.assign(weight)
     return float(weight), {
         "model": {"hr@10": float(results[best][9]), "hr@100": float(results[best][99])},
@@ -408,7 +475,7 @@ def fit_new_item_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.n
 
     config = dataclasses.replace(towers.config, mask_seen=False)
     trained = _train_path(towers, towers.candidate.metadata_layers, towers.candidate.feature_mask, towers.item_specs,
-                          NEW_ITEM_L2_GRID, score, log_data, metadata_only,
+                          NEW_ITEM_L2_GRID, NEW_ITEM_LEARNING_RATE, score, log_data, metadata_only,
                           catalog, config, batch_size, history_length, 0.0, seed, strategy, verbose, log)
     hr = ev.hit_rates(queries, towers.candidate(held_inputs).numpy(), pair_users, pair_items, None, max_k=k_large)
     scale, share = _calibrate(towers, queries, seen, held, held_inputs, is_held, items, log)
