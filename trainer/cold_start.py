@@ -317,9 +317,15 @@ class NewUserPath:
 
 def fit_new_user_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.ndarray, user_count: int,
                       item_count: int, batch_size: int, seed: int, strategy=None, verbose: int = 0,
-                      log=print) -> NewUserPath:
+                      log=print, history_without=None) -> NewUserPath:
     """Trains the query tower's features path (see the module doc) on the training
-    interactions (user rows, item rows, timestamps); returns what it chose and scored."""
+    interactions (user rows, item rows, timestamps); returns what it chose and scored.
+
+    ``history_without(held user rows) -> (history table [items + 1, d], item vectors [items,
+    d])``, where the history path has a closed form: the history path fitted without the
+    held-out users, which then score their named movies with it when ``new_user_weight``
+    is chosen (else with the shipped history path, which was trained on them, so the held-out
+    users' history looks better than a new user's would)."""
     held = _held_out(rows_present(users, user_count), seed + 1000)
     trained_rows = _sample_rows(np.flatnonzero(~np.isin(users, held)), seed)
     log_data = _log_of(users, items, stamps, trained_rows, towers, user_count, item_count)
@@ -361,7 +367,8 @@ def fit_new_user_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.n
                           NEW_USER_L2_GRID, NEW_USER_LEARNING_RATE, score, log_data, without_history,
                           catalog, config, batch_size, 1, 1.0, seed, strategy, verbose, log, keep_start=True)
     hr = ev.hit_rates(features_only(), towers.item_vectors(), pair_users, pair_items, None)
-    weight, named = _choose_new_user_weight(towers, users, items, stamps, held, features, popularity, log)
+    weight, named = _choose_new_user_weight(towers, users, items, stamps, held, features, popularity, log,
+                                            None if history_without is None else history_without(held))
     return NewUserPath(
         trained=dataclasses.asdict(trained), held_out_users=len(held),
         features_only={"model": {"hr@10": float(hr[9]), "hr@100": float(hr[99])},
@@ -370,9 +377,12 @@ def fit_new_user_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.n
     )
 
 
-def _choose_new_user_weight(towers, users, items, stamps, held, features, popularity, log) -> tuple[float, dict]:
+def _choose_new_user_weight(towers, users, items, stamps, held, features, popularity, log,
+                            history_tables=None) -> tuple[float, dict]:
     """new_user_weight by HR@10 + HR@100/4 of the held-out users who name their NAMED_MOVIES
-    earliest movies (excluded from the ranking; the rest are the targets). Sets it on the tower."""
+    earliest movies (excluded from the ranking; the rest are the targets). Sets it on the tower.
+    Their named movies' scores come from ``history_tables`` (history table, item vectors: a
+    history path that did not see them) when given, else from the towers' history path."""
     rows = np.flatnonzero(np.isin(users, held))
     rows = rows[np.lexsort((items[rows], stamps[rows], users[rows]))]
     local = np.searchsorted(held, users[rows])
@@ -388,19 +398,24 @@ def _choose_new_user_weight(towers, users, items, stamps, held, features, popula
     pair_users = np.searchsorted(keep_users, local[target])
     pair_items = items[rows][target].astype(np.int64)
     pair_users, pair_items = _sample_pairs(pair_users, pair_items, 1002)
-    table = towers.query.history_embedding.embeddings.numpy()
-    pooled = pooled_histories(named_seen, np.arange(len(keep_users)), table)
-    history = towers.query.history_projection(pooled).numpy()
+    item_vectors = towers.item_vectors()
+    if history_tables is None:
+        table, history_items = towers.query.history_embedding.embeddings.numpy(), item_vectors
+        history = towers.query.history_projection(pooled_histories(named_seen, np.arange(len(keep_users)), table)).numpy()
+    else:
+        table, history_items = history_tables
+        history = pooled_histories(named_seen, np.arange(len(keep_users)), table)
     towers.query.new_user_weight.assign(1.0)
-    dim = table.shape[1]
+    dim = towers.query.history_embedding.output_dim
     chosen = {name: column[keep_users] for name, column in features.items()}
     from_features = towers.query({**chosen, HISTORY_MEAN: np.zeros((len(keep_users), dim), np.float32)}).numpy()
-    item_vectors = towers.item_vectors()
-    ratio = score_spread(history, item_vectors) / max(score_spread(from_features, item_vectors), 1e-12)
+    ratio = score_spread(history, history_items) / max(score_spread(from_features, item_vectors), 1e-12)
+    # history . c_history + w x features . c, as one dot product over the two item spaces side by side
+    both_items = np.concatenate([history_items, item_vectors], axis=1)
     results = {}
     for factor in NEW_USER_WEIGHT_GRID:
-        hr = ev.hit_rates(history + factor * ratio * from_features, item_vectors, pair_users, pair_items, named_seen)
-        results[factor] = hr
+        queries = np.concatenate([history, factor * ratio * from_features], axis=1)
+        results[factor] = ev.hit_rates(queries, both_items, pair_users, pair_items, named_seen)
     best = max(NEW_USER_WEIGHT_GRID, key=lambda f: (_score(results[f], 10, 100), -f))
     weight = best * ratio
     pop_hr = ev.hit_rates(np.ones((len(keep_users), 1), np.float32), popularity[:, None], pair_users, pair_items, named_seen)

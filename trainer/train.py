@@ -270,16 +270,22 @@ def _interactions(ds: Dataset, rows: np.ndarray):
     return inter.users[rows], inter.items[rows], inter.timestamps[rows]
 
 
-def _ease_init(ds: Dataset, rows: np.ndarray, seen: Csr, towers: Towers, config: TrainConfig, log) -> None:
-    """Warm-starts both towers from rank-``embedding_dim`` EASE on the interactions ``rows``."""
-    started = time.monotonic()
+def _ease_tables(ds: Dataset, rows: np.ndarray, seen: Csr, config: TrainConfig):
+    """Rank-``embedding_dim`` EASE (+ log-popularity) tables from the interactions ``rows``."""
     users, items, stamps = _interactions(ds, rows)
     m = config.model
-    start = ease_warm_start(
+    return ease_warm_start(
         seen, len(ds.items), users.astype(np.int64), items.astype(np.int64), lam=m.ease_lambda, rank=m.embedding_dim,
         balance=m.init_balance, mask_seen=m.mask_seen, seed=config.seed, tau=m.ease_tau, pair_timestamps=stamps,
         popularity_column=True,
     )  # fmt: skip
+
+
+def _ease_init(ds: Dataset, rows: np.ndarray, seen: Csr, towers: Towers, config: TrainConfig, log) -> None:
+    """Warm-starts both towers from rank-``embedding_dim`` EASE on the interactions ``rows``."""
+    started = time.monotonic()
+    start = _ease_tables(ds, rows, seen, config)
+    m = config.model
     towers.query.warm_start(start.history)
     towers.candidate.warm_start(start.items)
     log(
@@ -383,8 +389,19 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
     # The cold-start paths, trained against the known paths as they ship (trainer.cold_start).
     train_users, train_items, train_stamps = _interactions(ds, split.train)
     train_users, train_items = train_users.astype(np.int64), train_items.astype(np.int64)
+    history_without = None
+    if init == "ease":
+        def history_without(held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            # The closed form again without the users ``held`` out for the new-user weight, so that
+            # their named movies are scored as a new user's are: from a history path that never saw
+            # them (the tables of ``warm_start``: the history rows and the items' vectors).
+            rows = split.train[~np.isin(train_users, held)]
+            users, items, _ = _interactions(ds, rows)
+            start = _ease_tables(ds, rows, seen_csr(users, items, user_count), config)
+            return start.history, start.items[1:]
+
     new_users = cold_start.fit_new_user_path(towers, train_users, train_items, train_stamps, user_count, item_count,
-                                             batch_size, config.seed, strategy, 0, log)
+                                             batch_size, config.seed, strategy, 0, log, history_without)
     new_items = cold_start.fit_new_item_path(towers, train_users, train_items, train_stamps, user_count, item_count,
                                              batch_size, model_config.history_length, config.seed, strategy,
                                              0, log)
