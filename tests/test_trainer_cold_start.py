@@ -6,8 +6,9 @@ cold-start phases); the assertions call the fitted towers:
 
 * users' taste is set by their occupation alone: occupation "a" watches mostly
   the items of category "x", occupation "b" those of category "y". A new user
-  described only by an occupation (no movies) must get the
-  items of their occupation's category first, and the two occupations different lists;
+  described only by an occupation (no movies) must get their occupation's
+  category ranked above the other (most of the top 10, and most (liked, other)
+  item pairs the right way round), and the two occupations different lists;
 * new items (id unknown, as ``add-items`` embeds them), one of each category,
   are embedded from their category alone (the metadata path): every user who
   likes "x" must score the new "x" item above the new "y" item, and the other
@@ -103,9 +104,17 @@ def test_a_new_user_is_served_by_occupation(planted) -> None:
     ds, towers, _ = planted
     items = towers.item_vectors()
     a, b, nothing = _new_users(towers, ["a", "b", "astronaut"])
+    ids = np.array([str(i) for i in ds.items.ids])
     for query, liked in ((a, "x"), (b, "y")):
-        top = ds.items.ids[np.argsort(-(items @ query), kind="stable")[:10]]
-        assert sum(str(i).startswith(liked) for i in top) >= 9, top
+        scores = items @ query
+        mine = np.char.startswith(ids, liked)
+        # The share of (liked, other) item pairs ranked the right way round: 0.5 for any
+        # popularity order (the two categories have the same popularity profile), about 0.9
+        # from the trained path (0.90-0.96 here, which varies run to run with TensorFlow's
+        # thread scheduling), 1 when the category outweighs all popularity.
+        assert (scores[mine][:, None] > scores[~mine][None, :]).mean() > 0.8
+        top = ids[np.argsort(-scores, kind="stable")[:10]]
+        assert sum(i.startswith(liked) for i in top) >= 7, top  # popularity's top 10: 5 of each
     assert not np.allclose(a, b, atol=1e-3)
     # An occupation the model never saw is the query of a user about whom nothing is known.
     assert np.allclose(nothing, _new_users(towers, [""])[0], atol=1e-6)
