@@ -241,8 +241,8 @@ def _sparse(spec) -> bool:
 
 
 def _train_path(towers, layers: list, mask: tf.Variable, specs: tuple, grid: tuple, learning_rate: float, score,
-                log_data: TrainingLog, transform, catalog, config, batch_size: int, history_length: int, history_dropout: float, seed: int,
-                strategy, verbose: int, log, keep_start: bool = False) -> _Trained:
+                log_data: TrainingLog, transform, catalog, config, batch_size: int, history_length: int,
+                history_dropout: float, seed: int, strategy, verbose: int, log, keep_start: bool = False) -> _Trained:
     """Trains ``layers`` once per L2 of ``grid`` and feature set (all features; without the
     sparse ones, if any), each from the same start and early-stopped on ``score``; keeps the
     best run's best epoch and sets ``mask`` to its features. On a large log (examples x runs
@@ -337,12 +337,13 @@ def fit_new_user_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.n
     popularity = np.bincount(items[trained_rows], minlength=item_count).astype(np.float32)
     features = {name: column[held] for name, column in towers.user_columns.items()}
     dim = towers.query.history_embedding.output_dim
+    item_vectors = towers.item_vectors()  # the candidate tower is frozen throughout this phase
 
     def features_only() -> np.ndarray:
         return towers.query({**features, HISTORY_MEAN: np.zeros((len(held), dim), np.float32)}).numpy()
 
     def score() -> tuple[float, str]:
-        hr = ev.hit_rates(features_only(), towers.item_vectors(), pair_users, pair_items, None)
+        hr = ev.hit_rates(features_only(), item_vectors, pair_users, pair_items, None)
         return _score(hr, 10, 100), f"held-out users from features: HR@10 {hr[9]:.4f}  HR@100 {hr[99]:.4f}"
 
     pop_hr = ev.hit_rates(np.ones((len(held), 1), np.float32), popularity[:, None], pair_users, pair_items, None)
@@ -358,7 +359,6 @@ def fit_new_user_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.n
 
     # The path starts as the popularity query (zero kernel, the bias at popularity_query), which
     # training departs from only where the held-out users say the features help.
-    item_vectors = towers.item_vectors()
     start = popularity_query(item_vectors, popularity)
     kernel = towers.query.feature_projection.kernel
     towers.query.feature_projection.set_weights([np.zeros(kernel.shape, np.float32), start])
@@ -366,9 +366,9 @@ def fit_new_user_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.n
     trained = _train_path(towers, towers.query.feature_layers, towers.query.feature_mask, towers.user_specs,
                           NEW_USER_L2_GRID, NEW_USER_LEARNING_RATE, score, log_data, without_history,
                           catalog, config, batch_size, 1, 1.0, seed, strategy, verbose, log, keep_start=True)
-    hr = ev.hit_rates(features_only(), towers.item_vectors(), pair_users, pair_items, None)
-    weight, named = _choose_new_user_weight(towers, users, items, stamps, held, features, popularity, log,
-                                            None if history_without is None else history_without(held))
+    hr = ev.hit_rates(features_only(), item_vectors, pair_users, pair_items, None)
+    weight, named = _choose_new_user_weight(towers, item_vectors, users, items, stamps, held, features, popularity,
+                                            log, None if history_without is None else history_without(held))
     return NewUserPath(
         trained=dataclasses.asdict(trained), held_out_users=len(held),
         features_only={"model": {"hr@10": float(hr[9]), "hr@100": float(hr[99])},
@@ -377,7 +377,7 @@ def fit_new_user_path(towers, users: np.ndarray, items: np.ndarray, stamps: np.n
     )
 
 
-def _choose_new_user_weight(towers, users, items, stamps, held, features, popularity, log,
+def _choose_new_user_weight(towers, item_vectors, users, items, stamps, held, features, popularity, log,
                             history_tables=None) -> tuple[float, dict]:
     """new_user_weight by HR@10 + HR@100/4 of the held-out users who name their NAMED_MOVIES
     earliest movies (excluded from the ranking; the rest are the targets). Sets it on the tower.
@@ -398,7 +398,6 @@ def _choose_new_user_weight(towers, users, items, stamps, held, features, popula
     pair_users = np.searchsorted(keep_users, local[target])
     pair_items = items[rows][target].astype(np.int64)
     pair_users, pair_items = _sample_pairs(pair_users, pair_items, 1002)
-    item_vectors = towers.item_vectors()
     if history_tables is None:
         table, history_items = towers.query.history_embedding.embeddings.numpy(), item_vectors
         history = towers.query.history_projection(pooled_histories(named_seen, np.arange(len(keep_users)), table)).numpy()
