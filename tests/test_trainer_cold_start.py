@@ -44,7 +44,7 @@ def _write_planted(folder: Path, seed: int = 5) -> dict[str, str]:
         while len(picks) < PER_USER:
             category = liked if rng.random() < 0.9 else other
             picks.add(f"{category}{rng.choice(ITEMS_PER_CATEGORY, p=popularity / popularity.sum())}")
-        for t, item in enumerate(sorted(picks, key=lambda _: rng.random())):
+        for t, item in enumerate(rng.permutation(sorted(picks))):  # sorted first: a set's order varies by process
             rows.append(f"{user},{item},{1_700_000_000 + 60 * t}")
     (folder / "interactions.csv").write_text("\n".join(rows) + "\n")
     (folder / "items.csv").write_text("item_id,category\n" + "".join(f"{i},{c}\n" for i, c in items))
@@ -109,9 +109,9 @@ def test_a_new_user_is_served_by_occupation(planted) -> None:
         scores = items @ query
         mine = np.char.startswith(ids, liked)
         # The share of (liked, other) item pairs ranked the right way round: 0.5 for any
-        # popularity order (the two categories have the same popularity profile), about 0.9
-        # from the trained path (0.90-0.96 here, which varies run to run with TensorFlow's
-        # thread scheduling), 1 when the category outweighs all popularity.
+        # popularity order (the two categories have the same popularity profile), about 0.95
+        # from the trained path (0.90-0.97 over nine generator seeds), 1 when the category
+        # outweighs all popularity.
         assert (scores[mine][:, None] > scores[~mine][None, :]).mean() > 0.8
         top = ids[np.argsort(-scores, kind="stable")[:10]]
         assert sum(i.startswith(liked) for i in top) >= 7, top  # popularity's top 10: 5 of each
@@ -133,11 +133,11 @@ def test_a_new_item_is_placed_by_its_category(planted) -> None:
     prefers_x = vectors @ new_x > vectors @ new_y
     assert prefers_x[likes_x].mean() > 0.9 and prefers_x[~likes_x].mean() < 0.1  # chance: 0.5
     # And, calibrated, it competes with the known items: above the other category's median item
-    # for most of the users who like its category (chance: 0.5; 0.94 here, the same every run
-    # now that the pipeline's history draws are keyed by batch).
+    # for most of the users who like its category (chance: 0.5; 0.95 on this data, the same every
+    # run; 0.84-0.99 over nine generator seeds, so the bound leaves room for the data's draw).
     catalog = towers.item_vectors()
     y_items = [r for r, i in enumerate(ds.items.ids.tolist()) if str(i).startswith("y")]
-    assert (vectors[likes_x] @ new_x > np.median(vectors[likes_x] @ catalog[y_items].T, axis=1)).mean() > 0.9
+    assert (vectors[likes_x] @ new_x > np.median(vectors[likes_x] @ catalog[y_items].T, axis=1)).mean() > 0.75
     assert float(towers.candidate.metadata_scale.numpy()) > 0
 
 
