@@ -30,6 +30,9 @@ def test_manifest_hashes_verify_and_fields_are_complete(published, small_moviele
     assert training["seed"] == 42 and training["test_fraction"] == 0.2 and training["epochs"] == 3
     assert training["data_files"]["interactions"] == str(small_movielens_dir / "u.data")
     assert len(training["data_sha256"]) == 64 and training["train_seconds"] > 0
+    phases = training["phase_seconds"]  # where the fit's time went: its three phases, adding up
+    assert sorted(phases) == ["known_paths", "new_item_path", "new_user_path"] and min(phases.values()) > 0
+    assert abs(sum(phases.values()) - training["train_seconds"]) <= 0.2  # each rounded to 0.1 s
     metrics = manifest.raw["metrics"]
     for protocol in ("all", "seen_excluded"):
         assert 0 <= metrics[f"model/{protocol}/hr@10"] <= 1

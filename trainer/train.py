@@ -239,6 +239,7 @@ class Fitted:
     interactions_trained: int  # examples passed through the model, over every epoch and worker
     new_users: cold_start.NewUserPath
     new_items: cold_start.NewItemPath
+    phase_seconds: dict[str, float]  # "known_paths" (set-up, warm start, epochs), "new_user_path", "new_item_path"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,6 +388,7 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
                 _ease_init(ds, split.train, seen_csr(train_users, train_items, user_count), towers, config, log)
                 refit = True
     # The cold-start paths, trained against the known paths as they ship (trainer.cold_start).
+    known_done = time.monotonic()
     train_users, train_items, train_stamps = _interactions(ds, split.train)
     train_users, train_items = train_users.astype(np.int64), train_items.astype(np.int64)
     history_without = None
@@ -402,11 +404,16 @@ def fit(ds: Dataset, split: Split, config: TrainConfig, verbose: int, strategy=N
 
     new_users = cold_start.fit_new_user_path(towers, train_users, train_items, train_stamps, user_count, item_count,
                                              batch_size, config.seed, strategy, 0, log, history_without)
+    users_done = time.monotonic()
     new_items = cold_start.fit_new_item_path(towers, train_users, train_items, train_stamps, user_count, item_count,
                                              batch_size, model_config.history_length, config.seed, strategy,
                                              0, log)
+    done = time.monotonic()
+    phases = {"known_paths": known_done - started, "new_user_path": users_done - known_done,
+              "new_item_path": done - users_done}
+    log("fitted in " + ", ".join(f"{name.replace('_', ' ')} {seconds:.1f} s" for name, seconds in phases.items()))
     return Fitted(towers, history, best_epoch, initial, refit, negatives, init, learning_rate, batch_size, step,
-                  time.monotonic() - started, trained, new_users, new_items)
+                  done - started, trained, new_users, new_items, phases)
 
 
 def _peak_rss_bytes() -> int:
@@ -565,6 +572,7 @@ def _training_record(ds: Dataset, split: Split, config: TrainConfig, fitted: Fit
         "new_item_path": dataclasses.asdict(fitted.new_items),
         "workers": strategy.num_replicas_in_sync if strategy is not None else 1,
         "train_seconds": round(fitted.seconds, 1),
+        "phase_seconds": {name: round(seconds, 1) for name, seconds in fitted.phase_seconds.items()},
         "run_seconds": round(seconds, 1),
         "interactions_per_second": round(rate, 1),
         "peak_rss_bytes": _peak_rss_bytes(),
