@@ -66,7 +66,7 @@ def test_chunking_does_not_change_the_result() -> None:
     assert whole[-1] == pytest.approx(1.0 - np.mean([i in seen.values[seen.splits[u] : seen.splits[u + 1]] for u, i in zip(pair_users, pair_items)]))
 
 
-@pytest.mark.parametrize("chunk_scores", [1 << 23, 5 * 200])
+@pytest.mark.parametrize("chunk_scores", [ev.CHUNK_SCORES, 5 * 200])
 def test_top_k_ranking_equals_sorting_every_item_with_ties(chunk_scores: int) -> None:
     """With max_k below the catalog size each pair is ranked within its user's top k;
     integer vectors make many ties, at the k-th score too, and the ranks still equal
