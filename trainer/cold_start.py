@@ -409,12 +409,16 @@ def _choose_new_user_weight(towers, item_vectors, users, items, stamps, held, fe
     chosen = {name: column[keep_users] for name, column in features.items()}
     from_features = towers.query({**chosen, HISTORY_MEAN: np.zeros((len(keep_users), dim), np.float32)}).numpy()
     ratio = score_spread(history, history_items) / max(score_spread(from_features, item_vectors), 1e-12)
-    # history . c_history + w x features . c, as one dot product over the two item spaces side by side
-    both_items = np.concatenate([history_items, item_vectors], axis=1)
+    # history . c_history + w x features . c: one item space when the history path scores with the
+    # towers' item vectors (the random start, hence every large catalog), else the two side by side
+    # (twice the dimensions that each evaluation streams through).
+    shared = history_items is item_vectors
+    scored_items = item_vectors if shared else np.concatenate([history_items, item_vectors], axis=1)
     results = {}
     for factor in NEW_USER_WEIGHT_GRID:
-        queries = np.concatenate([history, factor * ratio * from_features], axis=1)
-        results[factor] = ev.hit_rates(queries, both_items, pair_users, pair_items, named_seen)
+        features_part = factor * ratio * from_features
+        queries = history + features_part if shared else np.concatenate([history, features_part], axis=1)
+        results[factor] = ev.hit_rates(queries, scored_items, pair_users, pair_items, named_seen)
     best = max(NEW_USER_WEIGHT_GRID, key=lambda f: (_score(results[f], 10, 100), -f))
     weight = best * ratio
     pop_hr = ev.hit_rates(np.ones((len(keep_users), 1), np.float32), popularity[:, None], pair_users, pair_items, named_seen)
